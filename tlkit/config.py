@@ -1,0 +1,477 @@
+"""One typed config for a tlkit run.
+
+`Config` is the single source of truth: CLI flags (`tlkit.cli`), config files
+(JSON or TOML), presets, the explorer's widgets and what a run directory
+records (`config.json`) are all derived from the dataclasses below. Each field
+carries its help text, allowed choices or numeric range and CLI flag in its
+metadata, so adding a field here adds it everywhere.
+
+Example:
+
+```python
+from tlkit.config import Config
+
+config = Config.from_preset("cpu", overrides={"model": {"dropout": 0.3}})
+config.validate()
+config.to_dict()["model"]["dropout"]  # 0.3
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what is allowed."""
+
+
+def option(default, help, *, choices=None, min=None, max=None, flag=None, bare=False):
+    """A dataclass field with the metadata that CLI, explorer and validation use.
+
+    Args:
+        default: the default value.
+        help: one sentence shown by `--help` and in the explorer.
+        choices: allowed values, if the field is an enumeration.
+        min: inclusive lower bound for numbers.
+        max: inclusive upper bound for numbers.
+        flag: CLI flag name without dashes; defaults to the field name with
+            dashes. The group's `flag_prefix` is put in front unless `bare`.
+        bare: use the flag without the group prefix (`--unfreeze`).
+    """
+    metadata = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag, "bare": bare}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+BACKBONE_CHOICES_HELP = (
+    "'resnet50' (keras.applications), 'mini_resnet' (tiny, random init, for smoke tests) "
+    "or 'keras_hub:<preset name or local preset dir>'"
+)
+UNFREEZE_PATTERN = re.compile(r"^(\d+|[A-Za-z][\w]*)(,[A-Za-z][\w]*)*$")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the images come from and how they are split."""
+
+    flag_prefix: typing.ClassVar[str] = ""
+
+    data_dir: str | None = option(
+        None,
+        "Directory with the four Fashion-MNIST IDX files (.gz or raw); "
+        "default: download through keras.datasets.",
+    )
+    validation_split: float = option(
+        0.1, "Fraction of the training set held out (stratified) for validation.",
+        min=0.0, max=0.5,
+    )
+    train_limit: int | None = option(
+        None, "Use a stratified subset of this many training images (before the split).",
+        min=20,
+    )
+    test_limit: int | None = option(
+        None, "Evaluate on a stratified subset of this many test images.", min=10
+    )
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Backbone, input resolution and the classification head."""
+
+    flag_prefix: typing.ClassVar[str] = ""
+
+    backbone: str = option("resnet50", f"Backbone: {BACKBONE_CHOICES_HELP}.")
+    weights: str = option(
+        "imagenet",
+        "Backbone weights: 'imagenet' (download), 'none' (random init) or a path to a "
+        "Keras .weights.h5 file.",
+    )
+    image_size: int = option(224, "Side of the square image fed to the backbone (px).", min=32, max=512)
+    head_units: int = option(256, "Units of the head's hidden Dense layer.", min=8, max=4096)
+    dropout: float = option(0.5, "Dropout rate before the output layer.", min=0.0, max=0.9)
+    l2: float = option(1e-4, "L2 penalty on the head's hidden Dense kernel.", min=0.0, max=1.0)
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", min=0.0, max=0.5)
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training-only augmentation; a strength of 0 turns a transform off."""
+
+    flag_prefix: typing.ClassVar[str] = "aug"
+
+    flip: bool = option(False, "Random horizontal flip.")
+    rotation: float = option(0.0, "Random rotation, as a fraction of a full turn.", min=0.0, max=0.5)
+    zoom: float = option(0.0, "Random zoom, as a fraction of the image size.", min=0.0, max=0.5)
+    translation: float = option(0.0, "Random shift, as a fraction of the image size.", min=0.0, max=0.5)
+    contrast: float = option(0.0, "Random contrast change factor.", min=0.0, max=1.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or any((self.rotation, self.zoom, self.translation, self.contrast))
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """One training stage (optimizer, schedule, length)."""
+
+    epochs: int = option(0, "Epochs of this stage (0 skips it).", min=0, max=1000)
+    learning_rate: float = option(1e-3, "Peak learning rate.", min=1e-8, max=1.0, flag="lr")
+    optimizer: str = option("adam", "Optimizer.", choices=("adam", "adamw"))
+    weight_decay: float = option(
+        0.0, "Decoupled weight decay (AdamW only).", min=0.0, max=1.0
+    )
+    schedule: str = option(
+        "constant", "Learning-rate schedule over the stage.",
+        choices=("constant", "exponential", "cosine"),
+    )
+    decay_rate: float = option(
+        0.9, "Exponential schedule: LR multiplier per epoch.", min=0.01, max=1.0
+    )
+    warmup_epochs: float = option(0.0, "Linear warm-up length in epochs.", min=0.0, max=100.0)
+    early_stopping: int = option(
+        0, "Stop after this many epochs without val_loss improvement and restore the best "
+        "weights (0: off).", min=0, max=1000,
+    )
+
+
+@dataclasses.dataclass
+class HeadStageConfig(StageConfig):
+    """Stage 1: frozen backbone (inference mode), head only."""
+
+    flag_prefix: typing.ClassVar[str] = "head"
+
+
+@dataclasses.dataclass
+class FinetuneStageConfig(StageConfig):
+    """Stage 2: unfreeze a chosen depth of the backbone; BatchNorm stays frozen."""
+
+    flag_prefix: typing.ClassVar[str] = "finetune"
+
+    unfreeze: str = option(
+        "16",
+        "What to unfreeze: the last N layers ('16') or block/stage name prefixes "
+        "('conv5', 'conv5_block3', 'conv4,conv5').",
+        bare=True,
+    )
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything that defines a run. See the module docstring."""
+
+    flag_prefix: typing.ClassVar[str] = ""
+
+    name: str = option("", "Run name (part of the run id).")
+    preset: str = option("", "Preset this config started from (recorded for reference).")
+    seed: int = option(42, "Random seed (data split, init, augmentation).", min=0)
+    batch_size: int = option(64, "Batch size.", min=1, max=4096)
+    precision: str = option(
+        "auto", "Numeric precision; 'auto' picks mixed_float16 on a GPU, float32 elsewhere.",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    )
+    runs_dir: str = option(
+        "", "Where run directories go (default: $TLKIT_RUNS_DIR or ./runs)."
+    )
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    head: HeadStageConfig = dataclasses.field(
+        default_factory=lambda: HeadStageConfig(epochs=10, learning_rate=1e-3)
+    )
+    finetune: FinetuneStageConfig = dataclasses.field(
+        default_factory=lambda: FinetuneStageConfig(epochs=5, learning_rate=1e-5)
+    )
+
+    # ---- construction ----------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Builds a config from a (possibly partial) nested dict over the defaults."""
+        return apply_overrides(cls(), values)
+
+    @classmethod
+    def from_preset(cls, preset: str, overrides: dict[str, Any] | None = None) -> Config:
+        """Builds a preset, then applies nested `overrides` on top."""
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
+            )
+        config = apply_overrides(cls(), PRESETS[preset])
+        config.preset = preset
+        return apply_overrides(config, overrides or {})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Config:
+        """Reads a `.json` or `.toml` config; a `preset` key there is applied first."""
+        values = read_config_file(path)
+        preset = values.pop("preset", "") or ""
+        return cls.from_preset(preset, values) if preset else cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **overrides) -> Config:
+        """A copy with nested overrides, e.g. `replace(model={"dropout": 0.2})`."""
+        return apply_overrides(self, overrides)
+
+    # ---- validation ------------------------------------------------------
+
+    def validate(self) -> Config:
+        """Checks every field against its metadata and cross-field rules.
+
+        Raises:
+            ConfigError: naming the first invalid field and what is allowed.
+        """
+        for spec in field_specs(type(self)):
+            check_value(spec, spec.get(self))
+        if self.finetune.epochs and not UNFREEZE_PATTERN.match(self.finetune.unfreeze.strip()):
+            raise ConfigError(
+                f"finetune.unfreeze: {self.finetune.unfreeze!r} is not a layer count ('16') "
+                "or comma-separated block names ('conv5', 'conv4,conv5_block3')"
+            )
+        if self.head.epochs == 0 and self.finetune.epochs == 0:
+            raise ConfigError("head.epochs / finetune.epochs: both stages have 0 epochs; nothing to train")
+        for stage in (self.head, self.finetune):
+            name = stage.flag_prefix
+            if stage.weight_decay and stage.optimizer != "adamw":
+                raise ConfigError(
+                    f"{name}.weight_decay: decoupled weight decay needs {name}.optimizer='adamw'"
+                )
+            if stage.epochs and stage.warmup_epochs >= stage.epochs:
+                raise ConfigError(
+                    f"{name}.warmup_epochs: {stage.warmup_epochs} must be shorter than "
+                    f"{name}.epochs ({stage.epochs})"
+                )
+            if stage.early_stopping and self.data.validation_split == 0:
+                raise ConfigError(
+                    f"{name}.early_stopping: needs a validation split (data.validation_split > 0)"
+                )
+        weights = self.model.weights
+        if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
+            raise ConfigError(
+                f"model.weights: {weights!r} is not 'imagenet', 'none' or an existing weights file"
+            )
+        if self.data.data_dir and not Path(self.data.data_dir).expanduser().is_dir():
+            raise ConfigError(f"data.data_dir: {self.data.data_dir!r} is not a directory")
+        backbone = self.model.backbone
+        if backbone not in LOCAL_BACKBONES and not backbone.startswith("keras_hub:"):
+            raise ConfigError(f"model.backbone: {backbone!r} is not one of {BACKBONE_CHOICES_HELP}")
+        return self
+
+
+LOCAL_BACKBONES = ("resnet50", "mini_resnet")
+
+
+# ---- field introspection (used by the CLI, the explorer and validation) -----
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """Describes one leaf field of `Config`: where it lives and what it allows."""
+
+    path: tuple[str, ...]
+    type: type
+    optional: bool
+    default: Any
+    help: str
+    choices: tuple | None
+    min: float | None
+    max: float | None
+    flag: str
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+    def get(self, config: Config) -> Any:
+        value = config
+        for part in self.path:
+            value = getattr(value, part)
+        return value
+
+
+def field_specs(config_cls: type = Config) -> list[FieldSpec]:
+    """All leaf fields of `config_cls` in declaration order, groups flattened."""
+    specs = []
+    hints = typing.get_type_hints(config_cls)
+    instance = config_cls()
+    for field in dataclasses.fields(config_cls):
+        value = getattr(instance, field.name)
+        if dataclasses.is_dataclass(value):
+            for inner in field_specs(type(value)):
+                default = getattr(value, inner.path[-1])
+                specs.append(dataclasses.replace(inner, path=(field.name, *inner.path), default=default))
+            continue
+        leaf_type, optional = _unwrap_optional(hints[field.name])
+        meta = field.metadata
+        flag = meta.get("flag") or field.name.replace("_", "-")
+        if config_cls.flag_prefix and not meta.get("bare"):
+            flag = f"{config_cls.flag_prefix}-{flag}"
+        specs.append(
+            FieldSpec(
+                path=(field.name,), type=leaf_type, optional=optional, default=value,
+                help=meta.get("help", ""), choices=meta.get("choices"),
+                min=meta.get("min"), max=meta.get("max"), flag=flag,
+            )
+        )
+    return specs
+
+
+def _unwrap_optional(hint) -> tuple[type, bool]:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return hint, False
+
+
+def check_value(spec: FieldSpec, value: Any) -> None:
+    """Raises ConfigError if `value` is not allowed for `spec`."""
+    if value is None:
+        if spec.optional:
+            return
+        raise ConfigError(f"{spec.key}: a value is required")
+    if spec.type is bool:
+        ok = isinstance(value, bool)
+    elif spec.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif spec.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, spec.type)
+    if not ok:
+        raise ConfigError(f"{spec.key}: expected {spec.type.__name__}, got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{spec.key}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
+    if spec.type in (int, float):
+        if value != value:  # NaN
+            raise ConfigError(f"{spec.key}: NaN is not allowed")
+        low = spec.min if spec.min is not None else float("-inf")
+        high = spec.max if spec.max is not None else float("inf")
+        if not low <= value <= high:
+            raise ConfigError(f"{spec.key}: {value} is outside the allowed range [{_fmt(low)}, {_fmt(high)}]")
+
+
+def _fmt(bound: float) -> str:
+    return {float("inf"): "inf", float("-inf"): "-inf"}.get(bound, f"{bound:g}")
+
+
+def coerce(spec: FieldSpec, value: Any) -> Any:
+    """Converts text (CLI, TOML ints for floats) into the field's type."""
+    if value is None or (spec.optional and isinstance(value, str) and value.lower() in ("", "none")):
+        return None
+    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or spec.type is str:
+        return value
+    try:
+        if spec.type is bool:
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return lowered in ("true", "1", "yes", "on")
+        return spec.type(value)
+    except ValueError:
+        raise ConfigError(f"{spec.key}: cannot read {value!r} as {spec.type.__name__}") from None
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Returns a copy of `config` with nested `overrides` applied (unknown keys rejected).
+
+    Keys may be nested dicts (`{"model": {"dropout": 0.2}}`) or dotted
+    (`{"model.dropout": 0.2}`).
+    """
+    specs = {spec.key: spec for spec in field_specs(type(config))}
+    groups = {key.split(".")[0] for key in specs if "." in key}
+    values = config.to_dict()
+    for key, value in _flatten(overrides).items():
+        if key not in specs:
+            hint = f"; groups are {', '.join(sorted(groups))}" if key.split(".")[0] not in groups else ""
+            raise ConfigError(f"{key}: unknown config field{hint}")
+        *parents, leaf = key.split(".")
+        target = values
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = coerce(specs[key], value)
+    return _build(type(config), values)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _build(cls: type, values: dict[str, Any]):
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        value = values[field.name]
+        default = getattr(cls(), field.name) if field.default is dataclasses.MISSING else None
+        kwargs[field.name] = _build(type(default), value) if dataclasses.is_dataclass(default) else value
+    return cls(**kwargs)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Reads a JSON or TOML config file into a nested dict."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix == ".json":
+            return json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {error}") from None
+    raise ConfigError(f"config file {str(path)!r}: use a .json or .toml file")
+
+
+# ---- presets ----------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed write-up's recipe as written: 224 px, flip/rotation/zoom, head 10
+    # epochs (Adam, exponential decay), then the last 16 layers at 1e-5 for 5.
+    "seed": {
+        "batch_size": 64,
+        "precision": "auto",
+        "model": {"backbone": "resnet50", "weights": "imagenet", "image_size": 224,
+                  "head_units": 256, "dropout": 0.5, "l2": 1e-4},
+        "augment": {"flip": True, "rotation": 0.1, "zoom": 0.1},
+        "head": {"epochs": 10, "learning_rate": 1e-3, "schedule": "exponential", "decay_rate": 0.9},
+        "finetune": {"epochs": 5, "learning_rate": 1e-5, "unfreeze": "16", "schedule": "constant"},
+    },
+    # A low-resolution recipe a 2-core laptop finishes (tuned in the accuracy work).
+    "cpu": {
+        "batch_size": 64,
+        "precision": "float32",
+        "model": {"backbone": "resnet50", "weights": "imagenet", "image_size": 64,
+                  "head_units": 256, "dropout": 0.3, "l2": 1e-4},
+        "head": {"epochs": 10, "learning_rate": 1e-3, "schedule": "cosine"},
+        "finetune": {"epochs": 3, "learning_rate": 1e-4, "unfreeze": "conv5", "schedule": "cosine"},
+    },
+    # Seconds: a tiny random-init backbone on a small subset, to try the plumbing.
+    "smoke": {
+        "batch_size": 32,
+        "precision": "float32",
+        "data": {"train_limit": 1000, "test_limit": 500},
+        "model": {"backbone": "mini_resnet", "weights": "none", "image_size": 32,
+                  "head_units": 64, "dropout": 0.2},
+        "head": {"epochs": 1, "learning_rate": 3e-3, "schedule": "constant"},
+        "finetune": {"epochs": 1, "learning_rate": 1e-3, "unfreeze": "conv3"},
+    },
+}

@@ -1,0 +1,315 @@
+"""Run directories: the only code that reads or writes a run's files.
+
+A run lives in `<runs_dir>/<run_id>/` and holds:
+
+| file | what |
+| --- | --- |
+| `config.json` | the full resolved `Config` |
+| `status.json` | `state` (queued, running, completed, failed, cancelled), `stage`, `epoch`, `epochs`, `progress` 0..1, `error`, `pid`, timestamps; updated while running |
+| `history.csv` | one row per epoch: `stage, epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds` |
+| `metrics.json` | `test_accuracy`, `test_loss`, `confusion_matrix`, per-class metrics, class names, backend, versions, device, seconds per stage, images/s |
+| `model.keras` | the trained model (reloads on every backend after `import tlkit`) |
+| `misclassified.npz` | `index`, `true`, `predicted`, `confidence` and the 28×28 `images` of the misclassified test images |
+| `train.log` | the CLI's output when launched by the explorer |
+
+Every write goes to a temp file first and is renamed into place, so a reader
+never sees half a file. Readers are tolerant: a missing or corrupt file reads
+as `None` (or an empty history) instead of raising.
+
+Example:
+
+```python
+from tlkit import runs
+
+for run in runs.list_runs("runs"):
+    print(run.run_id, run.status().get("state"), (run.metrics() or {}).get("test_accuracy"))
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STATES = ("queued", "running", "completed", "failed", "cancelled")
+FINAL_STATES = ("completed", "failed", "cancelled")
+HISTORY_COLUMNS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+MISCLASSIFIED_FILE = "misclassified.npz"
+LOG_FILE = "train.log"
+
+
+def default_runs_dir() -> Path:
+    """`$TLKIT_RUNS_DIR` if set, else `./runs`."""
+    return Path(os.environ.get("TLKIT_RUNS_DIR") or "runs")
+
+
+def resolve_runs_dir(runs_dir: str | os.PathLike | None) -> Path:
+    return Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+
+
+# ---- atomic writes ------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Writes `data` to `path` through a temp file in the same directory + rename."""
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ---- the run ------------------------------------------------------------------
+
+
+class Run:
+    """One run directory.
+
+    Args:
+        path: the run directory.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Run) and other.path.resolve() == self.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ---- readers (never raise on missing/corrupt files) ----
+
+    def config(self) -> dict | None:
+        """The resolved config as a nested dict (see `tlkit.config.Config.from_dict`)."""
+        return _read_json(self.file(CONFIG_FILE))
+
+    def status(self) -> dict:
+        """The status dict; `{"state": "unknown", "error": ...}` when unreadable."""
+        status = _read_json(self.file(STATUS_FILE))
+        if status is None:
+            return {"state": "unknown", "error": f"{STATUS_FILE} is missing or unreadable"}
+        if status.get("state") == "running" and not _pid_alive(status.get("pid")):
+            # The process died without writing a final state (killed, machine reboot).
+            status = {**status, "state": "failed", "error": status.get("error")
+                      or "the training process ended without finishing (killed?)"}
+        return status
+
+    def history(self) -> list[dict[str, Any]]:
+        """Epoch rows with numeric fields as floats/ints; [] when missing/corrupt."""
+        try:
+            text = self.file(HISTORY_FILE).read_text()
+        except OSError:
+            return []
+        rows = []
+        for row in csv.DictReader(io.StringIO(text)):
+            try:
+                rows.append(_parse_history_row(row))
+            except (TypeError, ValueError):
+                continue
+        return rows
+
+    def metrics(self) -> dict | None:
+        return _read_json(self.file(METRICS_FILE))
+
+    def misclassified(self) -> dict[str, np.ndarray] | None:
+        """Arrays `index`, `true`, `predicted`, `confidence`, `images`; None if absent."""
+        try:
+            with np.load(self.file(MISCLASSIFIED_FILE)) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        try:
+            text = self.file(LOG_FILE).read_text(errors="replace")
+        except OSError:
+            return ""
+        return text[-max_chars:]
+
+    @property
+    def model_path(self) -> Path:
+        return self.file(MODEL_FILE)
+
+    def load_model(self):
+        """Loads `model.keras` (imports tlkit's custom layers first)."""
+        import keras
+
+        from tlkit import model as _model  # noqa: F401  registers the custom layers
+
+        return keras.saving.load_model(self.model_path)
+
+    # ---- writers (used by the training process) ----
+
+    def write_config(self, config_dict: dict) -> None:
+        write_json(self.file(CONFIG_FILE), config_dict)
+
+    def update_status(self, **fields) -> dict:
+        """Merges `fields` into status.json (atomically) and returns the new status."""
+        status = _read_json(self.file(STATUS_FILE)) or {}
+        status.update(fields)
+        status["updated_at"] = _now()
+        write_json(self.file(STATUS_FILE), status)
+        return status
+
+    def append_history(self, row: dict[str, Any]) -> None:
+        rows = self.history() + [row]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for existing in rows:
+            writer.writerow({key: _format_cell(existing.get(key)) for key in HISTORY_COLUMNS})
+        write_atomic(self.file(HISTORY_FILE), buffer.getvalue())
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.file(METRICS_FILE), metrics)
+
+    def write_misclassified(self, **arrays: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        write_atomic(self.file(MISCLASSIFIED_FILE), buffer.getvalue())
+
+
+def _format_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _parse_history_row(row: dict[str, str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {"stage": row["stage"], "epoch": int(row["epoch"])}
+    for key in HISTORY_COLUMNS[2:]:
+        text = row.get(key) or ""
+        parsed[key] = float(text) if text else None
+    return parsed
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # no pid recorded: trust the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ---- the store ----------------------------------------------------------------
+
+
+def create_run(runs_dir: str | os.PathLike | None, name: str = "", state: str = "running") -> Run:
+    """Makes a new, uniquely named run directory with an initial status."""
+    root = resolve_runs_dir(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    while True:
+        run_id = "-".join(part for part in (stamp, slug, secrets.token_hex(2)) if part)
+        path = root / run_id
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    run = Run(path)
+    run.update_status(state=state, stage=None, epoch=0, epochs=0, progress=0.0, error=None,
+                      pid=os.getpid() if state == "running" else None, created_at=_now())
+    return run
+
+
+def get_run(runs_dir: str | os.PathLike | None, run_id: str) -> Run:
+    path = resolve_runs_dir(runs_dir) / run_id
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run {run_id!r} in {str(path.parent)!r}")
+    return Run(path)
+
+
+def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:
+    """Run directories (those holding a status or config file), newest first (by id)."""
+    root = resolve_runs_dir(runs_dir)
+    if not root.is_dir():
+        return []
+    found = [Run(p) for p in root.iterdir()
+             if p.is_dir() and not p.name.startswith(".")
+             and ((p / STATUS_FILE).exists() or (p / CONFIG_FILE).exists())]
+    return sorted(found, key=lambda run: run.run_id, reverse=True)
+
+
+def delete_run(run: Run) -> None:
+    """Removes a run directory; refuses while its process is still running."""
+    status = run.status()
+    if status.get("state") == "running":
+        raise RuntimeError(f"run {run.run_id} is still running; cancel it first")
+    shutil.rmtree(run.path)
+
+
+def wait_for(run: Run, states=FINAL_STATES, timeout: float = 60.0, interval: float = 0.2) -> dict:
+    """Polls a run until its state is one of `states` (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run.status()
+        if status.get("state") in states or time.monotonic() > deadline:
+            return status
+        time.sleep(interval)

@@ -207,7 +207,9 @@ class Run:
         return status
 
     def append_history(self, row: dict[str, Any]) -> None:
-        rows = self.history() + [row]
+        self.write_history(self.history() + [row])
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
         writer.writeheader()

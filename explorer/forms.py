@@ -1,0 +1,224 @@
+"""Launch-form logic: widgets derived from `tlkit.config.field_specs()`, and sweeps.
+
+Nothing here knows tlkit's fields by heart: labels, help, ranges and choices
+come from each `FieldSpec`, groups are the config's nested dataclasses (their
+docstrings are the section captions) and defaults come from the presets. A new
+config field therefore shows up in the explorer without touching this file.
+
+Example:
+
+```python
+from explorer import forms
+
+widgets = {w.key: w for w in forms.widget_specs()}
+widgets["model.dropout"].kind  # 'slider'
+config = forms.build_config({**forms.preset_values("smoke"), "model.dropout": 0.3})
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import math
+from typing import Any
+
+from tlkit.config import Config, ConfigError, FieldSpec, coerce, field_specs
+
+# Fields the page handles itself: the preset selector, and the runs dir the explorer is bound to.
+HIDDEN_FIELDS = ("preset", "runs_dir")
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class WidgetSpec:
+    """How to render one config field.
+
+    Attributes:
+        key: the dotted config key (`model.dropout`).
+        kind: `checkbox`, `selectbox`, `slider`, `number` or `text`.
+        label: short label (the field's name in words).
+        help: the field's help text.
+        options: choices for a selectbox.
+        min_value: lower bound (None: unbounded).
+        max_value: upper bound (None: unbounded).
+        step: increment for numbers and sliders.
+        format: printf format for numbers (`%.1e` for log-scale values).
+        optional: empty input means None.
+    """
+
+    key: str
+    kind: str
+    label: str
+    help: str
+    options: tuple = ()
+    min_value: float | int | None = None
+    max_value: float | int | None = None
+    step: float | int | None = None
+    format: str | None = None
+    optional: bool = False
+
+
+def specs_by_key() -> dict[str, FieldSpec]:
+    return {spec.key: spec for spec in field_specs(Config)}
+
+
+def label_for(spec: FieldSpec) -> str:
+    return spec.path[-1].replace("_", " ").capitalize()
+
+
+def is_log_scale(spec: FieldSpec) -> bool:
+    """Learning rates, L2 penalties...: values spanning decades, best typed in e-notation."""
+    if spec.type is not float:
+        return False
+    wide = spec.min is not None and spec.min > 0 and spec.max is not None and spec.max / spec.min >= 1e4
+    tiny_default = isinstance(spec.default, float) and 0 < abs(spec.default) < 1e-2
+    return wide or tiny_default
+
+
+def widget_spec(spec: FieldSpec) -> WidgetSpec:
+    """Picks a widget for a field from its type, choices and range."""
+    common = {"key": spec.key, "label": label_for(spec), "help": spec.help, "optional": spec.optional}
+    if spec.type is bool:
+        return WidgetSpec(kind="checkbox", **common)
+    if spec.choices is not None:
+        return WidgetSpec(kind="selectbox", options=tuple(spec.choices), **common)
+    if spec.type is int:
+        return WidgetSpec(kind="number", min_value=_as(int, spec.min), max_value=_as(int, spec.max),
+                          step=1, **common)
+    if spec.type is float:
+        if is_log_scale(spec):
+            return WidgetSpec(kind="number", min_value=spec.min, max_value=spec.max,
+                              step=_decade_step(spec.default), format="%.1e", **common)
+        bounded = spec.min is not None and spec.max is not None
+        if bounded and spec.max - spec.min <= 1 and not spec.optional:
+            # A [0, 1] range needs finer steps (weight decay 0.004) than a [0, 0.5] strength.
+            step = 0.001 if spec.max - spec.min >= 1 else 0.01
+            return WidgetSpec(kind="slider", min_value=float(spec.min), max_value=float(spec.max),
+                              step=step, **common)
+        return WidgetSpec(kind="number", min_value=spec.min, max_value=spec.max, step=0.1, format="%g",
+                          **common)
+    return WidgetSpec(kind="text", **common)
+
+
+def _as(kind, bound):
+    return None if bound is None else kind(bound)
+
+
+def _decade_step(value) -> float:
+    if not value:
+        return 1e-4
+    return 10.0 ** math.floor(math.log10(abs(value)))
+
+
+def widget_specs() -> list[WidgetSpec]:
+    """One widget per visible config field, in the config's declaration order."""
+    return [widget_spec(spec) for spec in field_specs(Config) if spec.key not in HIDDEN_FIELDS]
+
+
+def groups() -> list[tuple[str, str]]:
+    """(group name, caption) for the config's top-level fields and each nested group.
+
+    Group "" holds the top-level fields (seed, batch size...); captions are the
+    nested dataclasses' docstrings.
+    """
+    found = [("", "Run-wide settings.")]
+    config = Config()
+    for field in dataclasses.fields(Config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            found.append((field.name, (type(value).__doc__ or "").strip().split("\n")[0]))
+    return found
+
+
+def group_of(key: str) -> str:
+    return key.split(".")[0] if "." in key else ""
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """Flat `{key: value}` of every field of a preset (the form's defaults)."""
+    config = Config.from_preset(preset) if preset else Config()
+    return {spec.key: spec.get(config) for spec in field_specs(Config)}
+
+
+def config_values(config: Config) -> dict[str, Any]:
+    return {spec.key: spec.get(config) for spec in field_specs(Config)}
+
+
+def normalise(key: str, value: Any) -> Any:
+    """Form value → config value: typed text, '' for optional fields, ints from sliders."""
+    spec = specs_by_key()[key]
+    if isinstance(value, str):
+        value = value.strip()
+    value = coerce(spec, value)
+    if spec.type is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """A validated Config from flat form values.
+
+    Raises:
+        ConfigError: a value cannot be read or fails `Config.validate()`.
+    """
+    known = specs_by_key()
+    flat = {key: normalise(key, value) for key, value in values.items() if key in known}
+    return Config.from_dict(flat).validate()
+
+
+def installed_backends() -> list[str]:
+    return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
+
+
+# ---- sweeps ---------------------------------------------------------------------
+
+MAX_SWEEP_AXES = 2
+MAX_SWEEP_VALUES = 3
+
+
+def sweepable_keys() -> list[str]:
+    return [widget.key for widget in widget_specs() if widget.key != "name"]
+
+
+def parse_sweep_values(key: str, text: str) -> list[Any]:
+    """'0.1, 0.3' → [0.1, 0.3], typed and range-checked through the field's spec.
+
+    Raises:
+        ConfigError: a value is unreadable or out of range, or too many/few values.
+    """
+    tokens = [token.strip() for token in text.split(",") if token.strip()]
+    if not tokens:
+        raise ConfigError(f"{key}: give 1 to {MAX_SWEEP_VALUES} comma-separated values")
+    if len(tokens) > MAX_SWEEP_VALUES:
+        raise ConfigError(f"{key}: at most {MAX_SWEEP_VALUES} values per field (got {len(tokens)})")
+    values = [normalise(key, token) for token in tokens]
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"{key}: values repeat")
+    return values
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def sweep_configs(base: Config, axes: list[tuple[str, list[Any]]]) -> list[Config]:
+    """The grid of configs over up to two fields; each is named and validated.
+
+    Raises:
+        ConfigError: too many axes, a repeated field, or an invalid grid point.
+    """
+    if len(axes) > MAX_SWEEP_AXES:
+        raise ConfigError(f"sweep: at most {MAX_SWEEP_AXES} fields")
+    keys = [key for key, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("sweep: pick two different fields")
+    configs = []
+    base_name = base.name or base.preset or "sweep"
+    for point in itertools.product(*(values for _, values in axes)):
+        overrides = dict(zip(keys, point))
+        label = "-".join(f"{key.split('.')[-1]}{_short(value)}" for key, value in overrides.items())
+        config = base.replace(**overrides, name=f"{base_name}-{label}" if label else base_name)
+        configs.append(config.validate())
+    return configs

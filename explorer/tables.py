@@ -1,0 +1,209 @@
+"""Run summaries and the runs table, built from `tlkit.runs` readers only.
+
+Every reader here tolerates missing or corrupt files (a run in the middle of
+being written, a failed run, garbage in status.json): the worst case is an
+empty cell and the run's `error`, never an exception on the page.
+
+Example:
+
+```python
+from tlkit import runs
+from explorer import tables
+
+summaries = [tables.summarise(run) for run in runs.list_runs("runs")]
+frame, differing = tables.runs_table(summaries)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from tlkit import runs
+
+# Shown for every run; any other config field appears when it differs between the listed runs.
+KEY_FIELDS = (
+    "model.backbone", "model.image_size", "model.dropout", "finetune.unfreeze",
+    "head.epochs", "finetune.epochs", "head.learning_rate", "finetune.learning_rate", "batch_size",
+)
+# Fields that differ between almost any two runs without describing the experiment.
+IGNORED_FIELDS = ("name", "runs_dir")
+STATE_ICONS = {"queued": "⏳", "running": "▶️", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
+               "unknown": "❓"}
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What the pages need to know about one run, read once per rerun."""
+
+    run: runs.Run
+    status: dict
+    config: dict | None
+    metrics: dict | None
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def state(self) -> str:
+        state = self.status.get("state")
+        return state if state in STATE_ICONS else "unknown"
+
+    @property
+    def name(self) -> str:
+        return str((self.config or {}).get("name") or "")
+
+    @property
+    def error(self) -> str | None:
+        error = self.status.get("error")
+        if error:
+            return str(error)
+        if self.state == "completed" and self.metrics is None:
+            return "metrics.json is missing or unreadable"
+        if self.config is None:
+            return "config.json is missing or unreadable"
+        return None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return _number((self.metrics or {}).get("test_accuracy"))
+
+    @property
+    def macro_f1(self) -> float | None:
+        return _number((self.metrics or {}).get("macro_f1"))
+
+    @property
+    def backend(self) -> str:
+        return str((self.metrics or {}).get("backend") or self.status.get("backend") or "")
+
+    @property
+    def flat_config(self) -> dict[str, Any]:
+        return flatten(self.config or {})
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds: the trainer's own total, else the status timestamps (elapsed if running)."""
+        seconds = (self.metrics or {}).get("seconds")
+        if isinstance(seconds, dict) and _number(seconds.get("total")) is not None:
+            return float(seconds["total"])
+        start = _time(self.status.get("started_at"))
+        end = _time(self.status.get("finished_at")) or (
+            datetime.now().astimezone() if self.state == "running" else _time(self.status.get("updated_at")))
+        if start and end:
+            return max(0.0, (end - start).total_seconds())
+        return None
+
+    @property
+    def label(self) -> str:
+        """A short legend label: the name if any, else the id."""
+        return self.name or self.run_id
+
+    @property
+    def class_names(self) -> list[str]:
+        names = (self.metrics or {}).get("class_names")
+        return [str(name) for name in names] if isinstance(names, list) else []
+
+
+def summarise(run: runs.Run) -> RunSummary:
+    return RunSummary(run=run, status=run.status(), config=run.config(), metrics=run.metrics())
+
+
+def summarise_all(runs_dir) -> list[RunSummary]:
+    return [summarise(run) for run in runs.list_runs(runs_dir)]
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _time(text) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_fields(summaries: list[RunSummary]) -> list[str]:
+    """Config keys whose values are not all equal across the runs that have a config."""
+    flats = [summary.flat_config for summary in summaries if summary.config]
+    if len(flats) < 2:
+        return []
+    keys = list(dict.fromkeys(key for flat in flats for key in flat))
+    return [key for key in keys if key not in IGNORED_FIELDS
+            and len({repr(flat.get(key)) for flat in flats}) > 1]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def runs_table(summaries: list[RunSummary]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run; returns the frame and the config columns whose values differ."""
+    differing = differing_fields(summaries)
+    config_columns = list(KEY_FIELDS) + [key for key in differing if key not in KEY_FIELDS]
+    rows = []
+    for summary in summaries:
+        flat = summary.flat_config
+        row = {
+            "run": summary.run_id,
+            "name": summary.name,
+            "state": f"{STATE_ICONS[summary.state]} {summary.state}",
+            "test acc": summary.test_accuracy,
+            "macro F1": summary.macro_f1,
+            "duration": format_duration(summary.duration),
+            "backend": summary.backend,
+        }
+        row.update({key: _cell(flat.get(key)) for key in config_columns})
+        row["error"] = (summary.error or "")[:200]
+        rows.append(row)
+    columns = ["run", "name", "state", "test acc", "macro F1", "duration", "backend", *config_columns, "error"]
+    return pd.DataFrame(rows, columns=columns), [key for key in config_columns if key in differing]
+
+
+def _cell(value) -> Any:
+    # Arrow needs one type per column; mixed ints/strings (unfreeze '16' vs 'conv5') stay strings.
+    if value is None or isinstance(value, (bool, int, float)):
+        return value if not isinstance(value, bool) else str(value)
+    return str(value)
+
+
+def filter_summaries(summaries: list[RunSummary], states: list[str] | None = None,
+                     text: str = "") -> list[RunSummary]:
+    text = text.strip().lower()
+    return [summary for summary in summaries
+            if (not states or summary.state in states)
+            and (not text or text in summary.run_id.lower() or text in summary.name.lower())]
+
+
+SORTS = {
+    "newest first": (lambda s: s.run_id, True),
+    "oldest first": (lambda s: s.run_id, False),
+    "test accuracy": (lambda s: (s.test_accuracy is not None, s.test_accuracy or 0.0), True),
+    "state": (lambda s: (s.state, s.run_id), False),
+    "name": (lambda s: (s.name, s.run_id), False),
+}
+
+
+def sort_summaries(summaries: list[RunSummary], order: str) -> list[RunSummary]:
+    key, reverse = SORTS[order]
+    return sorted(summaries, key=key, reverse=reverse)

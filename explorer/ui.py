@@ -1,0 +1,322 @@
+"""Streamlit pieces shared by the pages: the config form, live progress, run details.
+
+Logic lives in `forms`, `tables`, `figures` and `launcher`; this module only
+turns it into widgets. Widget keys are `cfg:<config key>`; the form's values
+also live in a plain `draft` dict in session state, because Streamlit drops
+widget state when the user visits another page.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from explorer import forms, launcher, tables
+from tlkit import runs
+from tlkit.config import LOCAL_BACKBONES, PRESETS
+
+DEFAULT_PRESET = "smoke" if "smoke" in PRESETS else next(iter(PRESETS))
+KERAS_HUB_CHOICE = "keras_hub:…"
+WEIGHTS_FILE_CHOICE = "weights file…"
+LAYERS_MODE, BLOCK_MODE = "last N layers", "backbone block"
+
+
+def wkey(key: str, part: str = "") -> str:
+    return f"cfg:{key}:{part}" if part else f"cfg:{key}"
+
+
+# ---- backbone facts from the core (optional) ------------------------------------
+
+
+@st.cache_data(show_spinner=False)
+def backbone_names() -> list[str]:
+    """The registry's backbones if the core exposes them, else the config's local list."""
+    try:
+        from tlkit import backbones
+
+        return [str(name) for name in backbones.list_backbones()]
+    except (ImportError, AttributeError, TypeError):  # the core may not have (or export) it yet
+        return list(LOCAL_BACKBONES)
+
+
+@st.cache_data(show_spinner="Reading the backbone's block names…")
+def block_names(backbone: str) -> list[str] | None:
+    """`tlkit.backbones.list_blocks(backbone)`; None when unavailable (a text box is shown)."""
+    try:
+        from tlkit.backbones import list_blocks
+
+        return [str(name) for name in list_blocks(backbone)] or None
+    except Exception:  # noqa: BLE001  building a backbone can fail many ways; the form falls back to text
+        return None
+
+
+# ---- the config form ------------------------------------------------------------
+
+
+def _seed_backbone(value: str) -> None:
+    if value in backbone_names():
+        st.session_state[wkey("model.backbone", "choice")] = value
+    else:
+        st.session_state[wkey("model.backbone", "choice")] = KERAS_HUB_CHOICE
+        st.session_state[wkey("model.backbone", "hub")] = value.removeprefix("keras_hub:")
+
+
+def _render_backbone(widget: forms.WidgetSpec) -> str:
+    choice = st.selectbox(widget.label, [*backbone_names(), KERAS_HUB_CHOICE], help=widget.help,
+                          key=wkey(widget.key, "choice"))
+    if choice != KERAS_HUB_CHOICE:
+        return choice
+    hub = st.text_input("keras-hub preset or local preset dir", key=wkey(widget.key, "hub"),
+                        placeholder="resnet_50_imagenet")
+    return f"keras_hub:{hub.strip()}"
+
+
+def _seed_weights(value: str) -> None:
+    choice = value if value in ("imagenet", "none") else WEIGHTS_FILE_CHOICE
+    st.session_state[wkey("model.weights", "choice")] = choice
+    st.session_state[wkey("model.weights", "path")] = "" if choice != WEIGHTS_FILE_CHOICE else value
+
+
+def _render_weights(widget: forms.WidgetSpec) -> str:
+    choice = st.selectbox(widget.label, ["imagenet", "none", WEIGHTS_FILE_CHOICE], help=widget.help,
+                          key=wkey(widget.key, "choice"))
+    if choice != WEIGHTS_FILE_CHOICE:
+        return choice
+    return st.text_input("Weights file (.weights.h5)", key=wkey(widget.key, "path")).strip()
+
+
+def _seed_unfreeze(value: str) -> None:
+    value = str(value)
+    layers = value.strip().isdigit()
+    st.session_state[wkey("finetune.unfreeze", "mode")] = LAYERS_MODE if layers else BLOCK_MODE
+    st.session_state[wkey("finetune.unfreeze", "layers")] = int(value) if layers else 16
+    st.session_state[wkey("finetune.unfreeze", "block")] = "" if layers else value
+    st.session_state[wkey("finetune.unfreeze", "text")] = "" if layers else value
+
+
+def _render_unfreeze(widget: forms.WidgetSpec, backbone: str) -> str:
+    mode = st.radio(widget.label, [LAYERS_MODE, BLOCK_MODE], horizontal=True, help=widget.help,
+                    key=wkey(widget.key, "mode"))
+    if mode == LAYERS_MODE:
+        layers = st.number_input("Layers from the end", min_value=0, step=1, key=wkey(widget.key, "layers"))
+        return str(int(layers))
+    blocks = block_names(backbone)
+    if not blocks:
+        return st.text_input("Block name prefixes", key=wkey(widget.key, "text"),
+                             placeholder="conv5 or conv4,conv5_block3",
+                             help="The backbone's block list is unavailable; type prefixes.").strip()
+    current = st.session_state.get(wkey(widget.key, "block")) or ""
+    options = blocks if current in blocks or not current else [current, *blocks]
+    if current not in options:
+        st.session_state[wkey(widget.key, "block")] = options[-1]
+    return st.selectbox(f"Block of {backbone} (it and everything after it)", options,
+                        key=wkey(widget.key, "block"))
+
+
+# Fields drawn by several widgets: how to seed them, and which widget key shows they are seeded.
+CUSTOM_SEEDS = {"model.backbone": _seed_backbone, "model.weights": _seed_weights,
+                "finetune.unfreeze": _seed_unfreeze}
+CUSTOM_PROBES = {"model.backbone": "choice", "model.weights": "choice", "finetune.unfreeze": "mode"}
+
+
+def _seed(widget: forms.WidgetSpec, value: Any) -> None:
+    """Writes a config value into the widget state that will show it."""
+    if widget.key in CUSTOM_SEEDS:
+        CUSTOM_SEEDS[widget.key](value)
+        return
+    if widget.kind == "text":
+        value = "" if value is None else str(value)
+    elif widget.kind == "slider":
+        value = float(value)
+    st.session_state[wkey(widget.key)] = value
+
+
+def _render_generic(widget: forms.WidgetSpec) -> Any:
+    key = wkey(widget.key)
+    if widget.kind == "checkbox":
+        return st.checkbox(widget.label, help=widget.help, key=key)
+    if widget.kind == "selectbox":
+        return st.selectbox(widget.label, widget.options, help=widget.help, key=key)
+    if widget.kind == "slider":
+        return st.slider(widget.label, min_value=widget.min_value, max_value=widget.max_value,
+                         step=widget.step, help=widget.help, key=key)
+    if widget.kind == "number":
+        return st.number_input(widget.label, min_value=widget.min_value, max_value=widget.max_value,
+                               step=widget.step, format=widget.format, help=widget.help, key=key,
+                               placeholder="none" if widget.optional else None)
+    return st.text_input(widget.label, help=widget.help, key=key,
+                         placeholder="none" if widget.optional else "")
+
+
+def load_preset(preset: str | None = None) -> None:
+    """Sets every widget to the preset's value (the preset selector's on_change)."""
+    preset = preset or st.session_state.get(wkey("preset")) or DEFAULT_PRESET
+    values = forms.preset_values(preset)
+    st.session_state["draft"] = dict(values)
+    for widget in forms.widget_specs():
+        _seed(widget, values[widget.key])
+
+
+def _ensure_state() -> None:
+    """Seeds widget state from the draft (first visit, or back from another page)."""
+    if "draft" not in st.session_state:
+        st.session_state[wkey("preset")] = st.session_state.get(wkey("preset"), DEFAULT_PRESET)
+        load_preset(st.session_state[wkey("preset")])
+        return
+    draft = st.session_state["draft"]
+    if wkey("preset") not in st.session_state:
+        st.session_state[wkey("preset")] = draft.get("preset") or DEFAULT_PRESET
+    for widget in forms.widget_specs():
+        if wkey(widget.key, CUSTOM_PROBES.get(widget.key, "")) not in st.session_state:
+            _seed(widget, draft[widget.key])
+
+
+def config_form() -> tuple[dict[str, Any], str]:
+    """Renders preset, backend and every config field; returns (flat values, backend)."""
+    _ensure_state()
+    backends = forms.installed_backends() or ["jax"]
+    if "cfg:backend" not in st.session_state:
+        env_backend = os.environ.get("KERAS_BACKEND")
+        st.session_state["cfg:backend"] = env_backend if env_backend in backends else backends[0]
+    top = st.columns([1, 1, 2])
+    preset = top[0].selectbox("Preset", list(PRESETS), key=wkey("preset"), on_change=load_preset,
+                              help="Loads the preset's values into every field below.")
+    backend = top[1].selectbox("Backend", backends, key="cfg:backend",
+                               help="Keras backend for the training process (only installed ones).")
+    values: dict[str, Any] = {"preset": preset}
+    widgets = forms.widget_specs()
+    with top[2]:
+        values["name"] = _render_generic(next(w for w in widgets if w.key == "name"))
+    for group, caption in forms.groups():
+        members = [w for w in widgets if forms.group_of(w.key) == group and w.key != "name"]
+        if not members:
+            continue
+        title = group.capitalize() if group else "Run"
+        with st.expander(f"**{title}** — {caption}", expanded=group in ("model", "head", "finetune", "augment")):
+            columns = st.columns(3)
+            for index, widget in enumerate(members):
+                with columns[index % 3]:
+                    values[widget.key] = _render_field(widget, values)
+    st.session_state["draft"] = {**st.session_state.get("draft", {}), **values}
+    return values, backend
+
+
+def _render_field(widget: forms.WidgetSpec, values: dict[str, Any]) -> Any:
+    if widget.key == "model.backbone":
+        return _render_backbone(widget)
+    if widget.key == "model.weights":
+        return _render_weights(widget)
+    if widget.key == "finetune.unfreeze":
+        return _render_unfreeze(widget, values.get("model.backbone") or "")
+    return _render_generic(widget)
+
+
+# ---- live progress --------------------------------------------------------------
+
+
+def _last_metrics(history: list[dict]) -> str:
+    if not history:
+        return ""
+    row = history[-1]
+    parts = [f"{name} {row[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy")
+             if isinstance(row.get(name), float)]
+    return " · ".join(parts)
+
+
+def progress_line(summary: tables.RunSummary) -> str:
+    status = summary.status
+    if summary.state == "queued":
+        return "waiting for the queue worker"
+    stage, epoch, epochs = status.get("stage"), status.get("epoch"), status.get("epochs")
+    parts = [f"stage **{stage}**" if stage else "", f"epoch {epoch}/{epochs}" if epochs else ""]
+    return " · ".join(part for part in parts if part) or "starting…"
+
+
+def run_card(summary: tables.RunSummary, cancel: bool = True) -> None:
+    """One run's live state: progress, current metrics, result or error, Cancel."""
+    with st.container(border=True):
+        head, action = st.columns([5, 1])
+        icon = tables.STATE_ICONS[summary.state]
+        head.markdown(f"{icon} **{summary.label}** · `{summary.run_id}` · {summary.state}"
+                      f"{' · ' + summary.backend if summary.backend else ''}")
+        if summary.state in ("queued", "running"):
+            progress = summary.status.get("progress")
+            progress = min(1.0, max(0.0, float(progress))) if isinstance(progress, (int, float)) else 0.0
+            st.progress(progress, text=progress_line(summary))
+            metrics = _last_metrics(summary.run.history())
+            if metrics:
+                st.caption(metrics)
+            if cancel and action.button("Cancel", key=f"cancel:{summary.run_id}"):
+                st.toast(launcher.cancel_run(summary.run))
+        elif summary.state == "completed":
+            accuracy = summary.test_accuracy
+            st.markdown(f"test accuracy **{accuracy:.2%}**" if accuracy is not None else "completed")
+        if summary.error and summary.state != "completed":
+            st.error(summary.error)
+
+
+@st.fragment(run_every=2)
+def progress_panel(runs_dir) -> None:
+    """Queued and running runs (from anywhere), plus those launched in this session."""
+    launched = st.session_state.get("launched", [])
+    summaries = tables.summarise_all(runs_dir)
+    shown = [s for s in summaries if s.state in ("queued", "running") or s.run_id in launched]
+    st.subheader("Active runs")
+    if not shown:
+        st.caption("Nothing queued or running.")
+        return
+    for summary in sorted(shown, key=lambda s: s.run_id):
+        run_card(summary)
+
+
+# ---- run details ----------------------------------------------------------------
+
+
+def run_details(summary: tables.RunSummary) -> None:
+    """State, error, log tail, status and config of one run (safe on broken runs)."""
+    run = summary.run
+    st.markdown(f"**{summary.label}** · `{run.run_id}` · {tables.STATE_ICONS[summary.state]} {summary.state}")
+    if summary.error:
+        st.error(f"{summary.state}: {summary.error}")
+    log = run.log_tail()
+    if log:
+        st.caption("train.log (tail)")
+        st.code(log, language=None)
+    left, right = st.columns(2)
+    with left:
+        st.caption("status.json")
+        st.json(summary.status, expanded=False)
+    with right:
+        st.caption("config.json")
+        if summary.config is None:
+            st.warning("config.json is missing or unreadable.")
+        else:
+            st.json(summary.config, expanded=False)
+
+
+def delete_control(summary: tables.RunSummary) -> None:
+    """Delete with a confirmation step; a running run must be cancelled first."""
+    pending_key = "pending_delete"
+    if st.session_state.get(pending_key) != summary.run_id:
+        if st.button("Delete this run…", key=f"delete:{summary.run_id}"):
+            st.session_state[pending_key] = summary.run_id
+            st.rerun()
+        return
+    st.warning(f"Delete `{summary.run_id}` and all its files? This cannot be undone.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, delete", type="primary", key=f"confirm-delete:{summary.run_id}"):
+        st.session_state.pop(pending_key, None)
+        try:
+            runs.delete_run(summary.run)
+        except (RuntimeError, OSError) as error:
+            st.error(str(error))
+            return
+        st.session_state["compare_ids"] = [i for i in st.session_state.get("compare_ids", [])
+                                           if i != summary.run_id]
+        st.session_state["flash"] = f"Deleted {summary.run_id}."
+        st.rerun()
+    if no.button("Keep it", key=f"keep:{summary.run_id}"):
+        st.session_state.pop(pending_key, None)
+        st.rerun()

@@ -1,0 +1,246 @@
+"""The run queue: a detached worker that trains queued runs one after another.
+
+The explorer never trains in the Streamlit process. "Launch" writes a queued run
+directory and starts this worker (`python -m explorer.worker --runs-dir DIR`) in
+its own session, so it outlives the browser tab and the Streamlit server. The
+worker holds one of `max_concurrent` slot locks in the runs directory, takes the
+oldest queued run, runs `python -m tlkit.train --run-dir <run>` with
+`KERAS_BACKEND` set from the run's status, and repeats until nothing is queued.
+
+All state changes to queued runs (queueing, claiming, cancelling) happen under
+one short lock (`.queue.lock`), so a run is started at most once and a run
+cancelled while queued is never started.
+
+Tests (and experiments) can swap the trainer: `--train-cmd` or the env var
+`TLKIT_EXPLORER_TRAIN_CMD` holds a command line (split with `shlex`, never run
+through a shell) that gets `--run-dir <run>` appended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tlkit import runs
+
+QUEUE_LOCK = ".queue.lock"
+SLOT_LOCK = ".queue-worker-{}.lock"
+WORKER_LOG = ".queue-worker.log"
+TRAIN_CMD_ENV = "TLKIT_EXPLORER_TRAIN_CMD"
+MAX_CONCURRENT_ENV = "TLKIT_EXPLORER_MAX_CONCURRENT"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def default_max_concurrent() -> int:
+    try:
+        return max(1, int(os.environ.get(MAX_CONCURRENT_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+# ---- locks ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def queue_lock(runs_dir: Path):
+    """Serialises queue edits (queue, claim, cancel) across processes."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(runs_dir / QUEUE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def acquire_slot(runs_dir: Path, max_concurrent: int) -> int | None:
+    """Takes a free worker slot (a non-blocking flock); returns its fd or None."""
+    for index in range(max(1, max_concurrent)):
+        fd = os.open(runs_dir / SLOT_LOCK.format(index), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        # The pid inside lets the explorer show which worker is busy.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+    return None
+
+
+def release_slot(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def active_workers(runs_dir: Path) -> list[int]:
+    """Pids of workers currently holding a slot (probing each slot lock)."""
+    pids = []
+    for path in sorted(Path(runs_dir).glob(SLOT_LOCK.format("*"))):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = path.read_text().strip()
+            pids.append(int(text) if text.isdigit() else 0)
+        finally:
+            os.close(fd)
+    return pids
+
+
+# ---- the queue ------------------------------------------------------------------
+
+
+def queue_position(run: runs.Run, status: dict) -> tuple[float, str]:
+    """Sort key: explorer runs carry a precise `queued_at`; others fall back to the id's stamp."""
+    queued_at = status.get("queued_at")
+    if not isinstance(queued_at, (int, float)):
+        try:
+            queued_at = datetime.strptime(run.run_id[:15], "%Y%m%d-%H%M%S").timestamp()
+        except ValueError:
+            queued_at = 0.0
+    return float(queued_at), run.run_id
+
+
+def queued_runs(runs_dir: Path) -> list[runs.Run]:
+    """Queued runs, oldest first."""
+    found = []
+    for run in runs.list_runs(runs_dir):
+        status = run.status()
+        if status.get("state") == "queued":
+            found.append((queue_position(run, status), run))
+    return [run for _, run in sorted(found, key=lambda item: item[0])]
+
+
+def train_command(run_dir: Path, train_cmd: str | list[str] | None = None) -> list[str]:
+    """The trainer's argv: `python -m tlkit.train` unless overridden (tests, custom trainers)."""
+    train_cmd = train_cmd or os.environ.get(TRAIN_CMD_ENV)
+    if isinstance(train_cmd, str):
+        base = shlex.split(train_cmd)
+    elif train_cmd:
+        base = list(train_cmd)
+    else:
+        base = [sys.executable, "-m", "tlkit.train"]
+    return [*base, "--run-dir", str(run_dir)]
+
+
+def child_env(backend: str | None) -> dict[str, str]:
+    """The parent's env plus the repo on PYTHONPATH (tlkit may not be installed) and the backend."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    return env
+
+
+def claim_next(runs_dir: Path, train_cmd=None) -> tuple[runs.Run, subprocess.Popen] | None:
+    """Starts the oldest queued run; None when the queue is empty.
+
+    Runs under the queue lock so the state check and the start are one step: a
+    run cancelled (or claimed by another worker) a moment ago is skipped.
+    """
+    with queue_lock(runs_dir):
+        for run in queued_runs(runs_dir):
+            status = run.status()
+            if status.get("state") != "queued":
+                continue
+            if run.config() is None:
+                run.update_status(state="failed", error="config.json is missing or unreadable",
+                                  finished_at=now())
+                continue
+            with open(run.file(runs.LOG_FILE), "ab") as log:
+                process = subprocess.Popen(
+                    train_command(run.path.resolve(), train_cmd),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=child_env(status.get("backend")),
+                )
+            # The trainer rewrites this with its own details once it is up.
+            run.update_status(state="running", pid=process.pid, worker_pid=os.getpid(),
+                              started_at=now(), error=None)
+            return run, process
+    return None
+
+
+def finish(run: runs.Run, returncode: int) -> dict:
+    """Gives a run a final state if its trainer died without writing one."""
+    status = run.update_status(exit_code=returncode)
+    if status.get("state") in runs.FINAL_STATES:
+        return status
+    if returncode == -signal.SIGTERM:
+        # Cancelled before the trainer installed its SIGTERM handler.
+        return run.update_status(state="cancelled", finished_at=now())
+    tail = run.log_tail(400).strip().splitlines()
+    hint = f": {tail[-1]}" if tail else ""
+    return run.update_status(
+        state="failed", finished_at=now(),
+        error=f"the trainer exited with code {returncode} without a final state{hint}",
+    )
+
+
+def work(runs_dir, max_concurrent: int = 1, train_cmd=None) -> int:
+    """Trains queued runs until none are left; returns the number of runs started."""
+    runs_dir = Path(runs_dir).resolve()
+    started = 0
+    while True:
+        slot = acquire_slot(runs_dir, max_concurrent)
+        if slot is None:
+            return started  # enough workers are busy; they will pick up our runs
+        try:
+            while (job := claim_next(runs_dir, train_cmd)) is not None:
+                run, process = job
+                started += 1
+                print(f"{now()} started {run.run_id} (pid {process.pid})", flush=True)
+                finish(run, process.wait())
+                print(f"{now()} finished {run.run_id}: {run.status().get('state')}", flush=True)
+        finally:
+            release_slot(slot)
+        # A run queued while we were releasing the slot would have no worker; look again.
+        if not queued_runs(runs_dir):
+            return started
+
+
+# ---- used by the explorer -------------------------------------------------------
+
+
+def start_worker(runs_dir, max_concurrent: int = 1, train_cmd: str | None = None) -> subprocess.Popen:
+    """Starts a detached worker (own session, output to `<runs_dir>/.queue-worker.log`)."""
+    runs_dir = Path(runs_dir).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "explorer.worker", "--runs-dir", str(runs_dir),
+            "--max-concurrent", str(max_concurrent)]
+    if train_cmd:
+        argv += ["--train-cmd", train_cmd]
+    with open(runs_dir / WORKER_LOG, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env(None), cwd=os.getcwd(), start_new_session=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m explorer.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs-dir", default=None, help="Runs directory (default: $TLKIT_RUNS_DIR or ./runs).")
+    parser.add_argument("--max-concurrent", type=int, default=default_max_concurrent(),
+                        help=f"Runs trained at once on this machine (default: ${MAX_CONCURRENT_ENV} or 1).")
+    parser.add_argument("--train-cmd", default=None,
+                        help=f"Trainer command line (default: ${TRAIN_CMD_ENV} or python -m tlkit.train).")
+    args = parser.parse_args(argv)
+    started = work(runs.resolve_runs_dir(args.runs_dir), args.max_concurrent, args.train_cmd)
+    print(f"{now()} queue empty; {started} run(s) started by worker {os.getpid()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

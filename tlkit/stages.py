@@ -1,0 +1,220 @@
+"""The two training stages: what to train, with which optimizer and schedule.
+
+Stage `head` trains the new head on a frozen backbone; stage `finetune`
+unfreezes the chosen depth of the backbone (BatchNorm excluded) and continues
+at a lower learning rate. Everything a stage needs (optimizer, schedule,
+callbacks) is chosen from the config here.
+
+Example:
+
+```python
+from tlkit.stages import StageSchedule
+
+schedule = StageSchedule(1e-3, steps_per_epoch=100, epochs=10, kind="cosine", warmup_epochs=1)
+float(schedule(0)), float(schedule(100)), float(schedule(999))  # 0.0, 0.001, ~0.0
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+from keras import ops
+
+from tlkit.config import StageConfig
+from tlkit.model import freeze_backbone, unfreeze_backbone
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (NaN loss, …); the message says what to change."""
+
+
+@keras.saving.register_keras_serializable(package="tlkit")
+class StageSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then constant, per-epoch exponential or cosine decay.
+
+    Args:
+        learning_rate: peak learning rate (reached after warm-up).
+        steps_per_epoch: optimizer steps per epoch.
+        epochs: length of the stage in epochs.
+        kind: `"constant"`, `"exponential"` or `"cosine"`.
+        warmup_epochs: warm-up length in epochs (may be fractional).
+        decay_rate: the exponential schedule's LR multiplier per epoch.
+    """
+
+    def __init__(self, learning_rate, steps_per_epoch, epochs, kind="constant", warmup_epochs=0.0,
+                 decay_rate=0.9):
+        self.learning_rate = float(learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+        self.kind = kind
+        self.warmup_epochs = float(warmup_epochs)
+        self.decay_rate = float(decay_rate)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup_steps = self.warmup_epochs * self.steps_per_epoch
+        total_steps = max(self.epochs * self.steps_per_epoch, 1)
+        after_warmup = ops.maximum(step - warmup_steps, 0.0)
+        if self.kind == "exponential":
+            decayed = self.learning_rate * ops.power(self.decay_rate, after_warmup / self.steps_per_epoch)
+        elif self.kind == "cosine":
+            fraction = ops.minimum(after_warmup / max(total_steps - warmup_steps, 1.0), 1.0)
+            decayed = self.learning_rate * 0.5 * (1.0 + ops.cos(math.pi * fraction))
+        else:
+            decayed = ops.convert_to_tensor(self.learning_rate, "float32")
+        if warmup_steps <= 0:
+            return decayed
+        warming = self.learning_rate * step / warmup_steps
+        return ops.where(step < warmup_steps, warming, decayed)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs, "kind": self.kind, "warmup_epochs": self.warmup_epochs,
+                "decay_rate": self.decay_rate}
+
+
+def make_optimizer(config: StageConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    schedule = StageSchedule(config.learning_rate, steps_per_epoch, config.epochs, config.schedule,
+                             config.warmup_epochs, config.decay_rate)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def compile_for_stage(model: keras.Model, config: StageConfig, steps_per_epoch: int,
+                      label_smoothing: float = 0.0) -> None:
+    # Sparse labels keep host memory small; label smoothing needs the dense form.
+    if label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics)
+
+
+def prepare_stage(model: keras.Model, stage: str, unfreeze: str = "") -> list[str]:
+    """Sets which layers train in `stage`; returns the trainable backbone layer names."""
+    if stage == "head":
+        freeze_backbone(model)
+        return []
+    return unfreeze_backbone(model, unfreeze)
+
+
+@dataclasses.dataclass
+class EpochReport:
+    """What the stage reports after each epoch (for history.csv and status.json)."""
+
+    stage: str
+    epoch: int
+    epochs: int
+    logs: dict
+    lr: float
+    seconds: float
+
+
+class StageMonitor(keras.callbacks.Callback):
+    """Reports epochs and batch progress, and stops on a non-finite loss.
+
+    Args:
+        stage: stage name for the reports.
+        epochs: planned epochs of the stage.
+        on_epoch: called with an `EpochReport` after each epoch.
+        on_progress: called with (epoch, fraction of the epoch done), at most
+            every `progress_interval` seconds.
+    """
+
+    def __init__(self, stage: str, epochs: int, on_epoch: Callable[[EpochReport], None] | None = None,
+                 on_progress: Callable[[int, float], None] | None = None, progress_interval: float = 1.0):
+        super().__init__()
+        self.stage = stage
+        self.epochs = epochs
+        self.on_epoch = on_epoch
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
+        self.non_finite_at: tuple[int, int] | None = None
+        self._epoch = 0
+        self._epoch_start = 0.0
+        self._last_progress = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.non_finite_at = (self._epoch + 1, batch + 1)
+            self.model.stop_training = True
+            return
+        now = time.perf_counter()
+        if self.on_progress and now - self._last_progress >= self.progress_interval:
+            self._last_progress = now
+            steps = self.params.get("steps") or 0
+            self.on_progress(self._epoch + 1, (batch + 1) / steps if steps else 0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.non_finite_at or not self.on_epoch:
+            return
+        lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        seconds = time.perf_counter() - self._epoch_start
+        self.on_epoch(EpochReport(self.stage, epoch + 1, self.epochs, dict(logs or {}), lr, seconds))
+
+
+def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *, batch_size: int,
+              label_smoothing: float = 0.0, unfreeze: str = "", monitor: StageMonitor | None = None,
+              verbose: int | str = "auto") -> dict:
+    """Trains `model` for one stage and returns a summary.
+
+    Args:
+        model: the classifier from `tlkit.model.build_classifier`.
+        stage: `"head"` or `"finetune"`.
+        config: the stage's config.
+        train: `(images, labels)` numpy arrays.
+        val: `(images, labels)` or None.
+        batch_size: batch size.
+        label_smoothing: label smoothing of the loss.
+        unfreeze: the finetune stage's layer spec.
+        monitor: a `StageMonitor` for reports (one is made if None).
+        verbose: Keras progress-bar verbosity.
+
+    Raises:
+        TrainingError: when the loss becomes NaN/inf.
+    """
+    trainable_layers = prepare_stage(model, stage, unfreeze)
+    steps_per_epoch = math.ceil(len(train[1]) / batch_size)
+    compile_for_stage(model, config, steps_per_epoch, label_smoothing)
+    monitor = monitor or StageMonitor(stage, config.epochs)
+    callbacks = [monitor]
+    if config.early_stopping and val is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping,
+                                                       restore_best_weights=True))
+    x_train, y_train = train[0], _targets(train[1], label_smoothing)
+    validation = (val[0], _targets(val[1], label_smoothing)) if val is not None and len(val[1]) else None
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
+                        validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=True)
+    seconds = time.perf_counter() - start
+    if monitor.non_finite_at:
+        epoch, batch = monitor.non_finite_at
+        raise TrainingError(
+            f"the loss became NaN/inf in stage {stage}, epoch {epoch}, batch {batch}; lower the learning "
+            f"rate (--{stage}-lr {config.learning_rate:g} now) or use --precision float32"
+        )
+    epochs_run = len(history.history.get("loss", []))
+    return {"stage": stage, "epochs": epochs_run, "seconds": seconds,
+            "images_per_second": epochs_run * len(y_train) / seconds if seconds else None,
+            "trainable_backbone_layers": trainable_layers,
+            "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
+
+
+def _targets(labels: np.ndarray, label_smoothing: float) -> np.ndarray:
+    if label_smoothing:
+        return keras.utils.to_categorical(labels, 10).astype("float32")
+    return labels

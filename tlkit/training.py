@@ -1,0 +1,227 @@
+"""One training run, top to bottom: data → model → stages → evaluation → run directory.
+
+`tlkit.train(config)` (this module's `train`) is the Python API behind
+`python -m tlkit.train`.
+
+Example:
+
+```python
+import tlkit
+
+config = tlkit.Config.from_preset("smoke", overrides={"data": {"data_dir": "fashion-mnist/"}})
+run = tlkit.train(config)
+run.metrics()["test_accuracy"]
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import signal
+import threading
+import time
+
+import keras
+import numpy as np
+
+from tlkit import runs
+from tlkit.config import Config
+from tlkit.data import Splits, load_splits
+from tlkit.evaluate import classification_report, misclassified
+from tlkit.model import build_classifier
+from tlkit.stages import EpochReport, StageMonitor, run_stage
+
+STAGES = ("head", "finetune")
+
+
+class RunCancelled(Exception):
+    """The run was cancelled (SIGTERM or Ctrl-C); what was done so far is kept."""
+
+
+def train(config: Config, run: runs.Run | None = None, resume: bool = False, verbose="auto") -> runs.Run:
+    """Trains and evaluates one model; everything lands in a run directory.
+
+    Args:
+        config: the run's config (validated here, before any compute).
+        run: an existing (e.g. queued) run directory to use; a new one is made if None.
+        resume: continue `run` after its last completed stage (reuses its `model.keras`).
+        verbose: Keras progress-bar verbosity (`"auto"`, 0, 1, 2).
+
+    Returns:
+        The `tlkit.runs.Run`; its `status()["state"]` is `"completed"`.
+
+    Raises:
+        tlkit.config.ConfigError: invalid config (no run directory is written).
+        RunCancelled: on SIGTERM/Ctrl-C (status `cancelled`, history kept).
+        Exception: any other failure, after status.json records it as `failed`.
+    """
+    config.validate()
+    run = run or runs.create_run(config.runs_dir, config.name)
+    run.write_config(config.to_dict())
+    previous = run.status()
+    completed = list(previous.get("completed_stages", [])) if resume else []
+    run.update_status(state="running", pid=os.getpid(), error=None, backend=keras.backend.backend(),
+                      started_at=runs._now(), completed_stages=completed, stage="setup", progress=0.0)
+    with _cancel_on_sigterm(), _precision(config.precision) as precision:
+        try:
+            _execute(config, run, completed, precision, verbose)
+        except (KeyboardInterrupt, RunCancelled):
+            run.update_status(state="cancelled", error="cancelled by the user")
+            raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
+        except BaseException as error:
+            run.update_status(state="failed", error=describe_error(error))
+            raise
+    return run
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for status.json and the CLI."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if type(error).__name__ in ("ConfigError", "DataError", "BackboneError", "TrainingError"):
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose) -> None:
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    run.update_status(stage="data")
+    splits = load_splits(config.data, config.seed)
+    run.update_status(stage="model", data_sizes={"train": len(splits.train), "val": len(splits.val),
+                                                 "test": len(splits.test)})
+    if completed and run.model_path.exists():
+        model = run.load_model()
+        run.write_history([row for row in run.history() if row["stage"] in completed])
+    else:
+        completed.clear()
+        run.write_history([])
+        model = build_classifier(config.model, config.augment, config.seed).model
+
+    total_epochs = sum(getattr(config, stage).epochs for stage in STAGES)
+    summaries: dict[str, dict] = {}
+    for stage in STAGES:
+        stage_config = getattr(config, stage)
+        if stage_config.epochs == 0 or stage in completed:
+            continue
+        epochs_before = sum(getattr(config, s).epochs for s in STAGES[: STAGES.index(stage)])
+        monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs)
+        run.update_status(stage=stage, epoch=0, epochs=stage_config.epochs)
+        summaries[stage] = run_stage(
+            model, stage, stage_config, (splits.train.images, splits.train.labels),
+            (splits.val.images, splits.val.labels) if len(splits.val) else None,
+            batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
+            unfreeze=getattr(stage_config, "unfreeze", ""), monitor=monitor, verbose=verbose,
+        )
+        save_model(model, run)
+        completed.append(stage)
+        run.update_status(completed_stages=list(completed))
+
+    run.update_status(stage="evaluate", progress=0.98)
+    metrics = _evaluate(model, splits, run, config.batch_size)
+    metrics.update(
+        backend=keras.backend.backend(), precision=precision, versions=_versions(), device=_device(),
+        seconds={**{s: round(v["seconds"], 2) for s, v in summaries.items()},
+                 "evaluate": metrics.pop("evaluate_seconds"), "total": round(time.perf_counter() - started, 2)},
+        images_per_second={**{s: v["images_per_second"] for s, v in summaries.items()},
+                           "evaluate": metrics.pop("evaluate_images_per_second")},
+        stages={s: {k: v[k] for k in ("epochs", "trainable_params", "trainable_backbone_layers")}
+                for s, v in summaries.items()},
+        data_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        data_fingerprint=splits.fingerprint(),
+    )
+    run.write_metrics(metrics)
+    run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],
+                      finished_at=runs._now())
+
+
+def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, total_epochs: int) -> StageMonitor:
+    def overall(epoch_fraction: float) -> float:
+        return round(0.97 * (epochs_before + epoch_fraction) / max(total_epochs, 1), 4)
+
+    def on_epoch(report: EpochReport) -> None:
+        logs = report.logs
+        run.append_history({"stage": stage, "epoch": report.epoch, "loss": logs.get("loss"),
+                            "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
+                            "val_accuracy": logs.get("val_accuracy"), "lr": report.lr,
+                            "seconds": round(report.seconds, 3)})
+        run.update_status(epoch=report.epoch, progress=overall(report.epoch),
+                          last={k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+    def on_progress(epoch: int, fraction: float) -> None:
+        run.update_status(epoch=epoch - 1, progress=overall(epoch - 1 + fraction))
+
+    return StageMonitor(stage, epochs, on_epoch=on_epoch, on_progress=on_progress)
+
+
+def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int) -> dict:
+    start = time.perf_counter()
+    probabilities = np.asarray(model.predict(splits.test.images, batch_size=batch_size, verbose=0),
+                               dtype=np.float64)
+    seconds = time.perf_counter() - start
+    report = classification_report(splits.test.labels, probabilities, splits.class_names)
+    wrong = misclassified(splits.test.labels, probabilities)
+    run.write_misclassified(index=splits.test.indices[wrong["position"]], true=wrong["true"],
+                            predicted=wrong["predicted"], confidence=wrong["confidence"],
+                            images=splits.test.images[wrong["position"], ..., 0])
+    report["evaluate_seconds"] = round(seconds, 2)
+    report["evaluate_images_per_second"] = len(splits.test) / seconds if seconds else None
+    return report
+
+
+def save_model(model: keras.Model, run: runs.Run) -> None:
+    """Saves `model.keras` atomically (temp file in the run dir, then rename)."""
+    temp = run.file(".model.tmp.keras")
+    model.save(temp)
+    os.replace(temp, run.model_path)
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` → mixed_float16 when a GPU is visible, else float32."""
+    if precision != "auto":
+        return precision
+    devices = [d.lower() for d in keras.distribution.list_devices()]
+    return "mixed_float16" if any(d.startswith(("gpu", "cuda")) for d in devices) else "float32"
+
+
+@contextlib.contextmanager
+def _precision(precision: str):
+    resolved = resolve_precision(precision)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(resolved)
+    try:
+        yield resolved
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def _cancel_on_sigterm():
+    """Turns SIGTERM into RunCancelled so the run records `cancelled` and exits cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunCancelled("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
+    for package in ("tensorflow", "jax", "torch", "keras-hub"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def _device() -> dict:
+    return {"devices": keras.distribution.list_devices(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}

@@ -55,7 +55,7 @@ def with_global_epochs(history: list[dict[str, Any]]) -> tuple[list[dict[str, An
 
 def curves_figure(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
     """Loss and accuracy (train solid, validation dashed) for several runs, stages joined."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08)
     boundaries = {}
     for index, (label, history) in enumerate(histories.items()):
         rows, boundary = with_global_epochs(history)
@@ -78,13 +78,15 @@ def curves_figure(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
     for boundary, indices in boundaries.items():
         # One shared line when the runs agree; otherwise one per run in its colour.
         line_color = "gray" if len(indices) == len(histories) or len(boundaries) == 1 else color(indices[0])
-        for col in (1, 2):
-            figure.add_vline(x=boundary, line={"color": line_color, "dash": "dot", "width": 1.5}, row=1, col=col)
-        figure.add_annotation(x=boundary, y=1.0, xref="x2", yref="paper", text="head → finetune",
-                              showarrow=False, yanchor="bottom", font={"size": 11, "color": line_color})
+        for col, xref in ((1, "x"), (2, "x2")):
+            figure.add_vline(x=boundary, line={"color": line_color, "dash": "dot", "width": 1.5},
+                             row=1, col=col)
+            figure.add_annotation(x=boundary, y=1.0, xref=xref, yref="paper", text="head → finetune",
+                                  showarrow=False, yanchor="bottom", font={"size": 11, "color": line_color})
     figure.update_xaxes(title_text="epoch (both stages)", dtick=1 if _max_step(histories) <= 30 else None)
-    figure.update_yaxes(rangemode="tozero", row=1, col=1)
-    figure.update_layout(height=420, margin={"t": 50, "b": 40}, legend={"orientation": "h", "y": -0.2},
+    figure.update_yaxes(title_text="loss", rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(title_text="accuracy", row=1, col=2)
+    figure.update_layout(height=420, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.2},
                          hovermode="closest")
     return figure
 
@@ -123,6 +125,7 @@ def confusion_figure(matrix, class_names: list[str], normalise: bool = False, ti
 
     Plotly heatmaps emit no selection events, so an invisible marker sits on
     every cell; its customdata `[true, predicted]` is what a click selects.
+    Arrays go in as lists so the figure JSON stays plain (plotly 7 base64-encodes arrays).
     """
     matrix = np.asarray(matrix, dtype=float)
     size = matrix.shape[0]
@@ -130,14 +133,15 @@ def confusion_figure(matrix, class_names: list[str], normalise: bool = False, ti
     shown = row_normalise(matrix) if normalise else matrix
     text = [[f"{value:.0%}" if normalise else f"{int(value)}" for value in row] for row in shown]
     figure = go.Figure(go.Heatmap(
-        z=shown, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
+        z=shown.tolist(), x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
         zmin=0, zmax=1 if normalise else None, showscale=False,
-        customdata=matrix, hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata:.0f} images<extra></extra>",
+        customdata=matrix.tolist(),
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata:.0f} images<extra></extra>",
     ))
     true_index, pred_index = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     figure.add_trace(go.Scatter(
         x=[names[j] for j in pred_index.ravel()], y=[names[i] for i in true_index.ravel()],
-        customdata=np.stack([true_index.ravel(), pred_index.ravel()], axis=1),
+        customdata=np.stack([true_index.ravel(), pred_index.ravel()], axis=1).tolist(),
         mode="markers", marker={"size": 22, "color": "rgba(0,0,0,0)", "symbol": "square"},
         selected={"marker": {"color": "rgba(255,140,0,0.45)"}},
         unselected={"marker": {"opacity": 0}},
@@ -159,13 +163,14 @@ def difference_figure(matrix_a, matrix_b, class_names: list[str], label_a: str, 
     limit = max(float(np.abs(delta).max()), 1e-6)
     text = [[f"{value:+.0%}" if abs(value) >= 0.005 else "" for value in row] for row in delta]
     figure = go.Figure(go.Heatmap(
-        z=delta, x=names, y=names, text=text, texttemplate="%{text}", colorscale="RdBu",
+        z=delta.tolist(), x=names, y=names, text=text, texttemplate="%{text}", colorscale="RdBu",
         zmid=0, zmin=-limit, zmax=limit, colorbar={"title": "Δ rate", "tickformat": "+.0%"},
         hovertemplate="true %{y}<br>predicted %{x}<br>Δ %{z:+.1%}<extra></extra>",
     ))
     figure.update_yaxes(autorange="reversed", title_text="true class", type="category")
     figure.update_xaxes(title_text="predicted class", type="category", tickangle=-35)
-    figure.update_layout(title=f"{label_b} − {label_a} (row-normalised)", height=480, margin={"t": 40, "b": 10})
+    figure.update_layout(title=f"{label_b} − {label_a} (row-normalised)", height=480,
+                         margin={"t": 40, "b": 10})
     return figure
 
 
@@ -192,8 +197,8 @@ PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 def per_class_figure(per_class: dict[str, list[dict[str, Any]]]) -> go.Figure:
     """Grouped bars per class for precision, recall and F1, one colour per run."""
-    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                           subplot_titles=[name.capitalize() if name != "f1" else "F1" for name in PER_CLASS_METRICS])
+    titles = [name.capitalize() if name != "f1" else "F1" for name in PER_CLASS_METRICS]
+    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles)
     for index, (label, rows) in enumerate(per_class.items()):
         rows = [row for row in rows if isinstance(row, dict) and "class" in row]
         for line, metric in enumerate(PER_CLASS_METRICS, start=1):
@@ -230,7 +235,8 @@ def parallel_figure(points: list[dict[str, Any]], fields: list[str]) -> go.Figur
     dimensions.append({"label": "test accuracy", "values": accuracy})
     figure = go.Figure(go.Parcoords(
         dimensions=dimensions,
-        line={"color": accuracy, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "test acc"}},
+        line={"color": accuracy, "colorscale": "Viridis", "showscale": True,
+              "colorbar": {"title": "test acc"}},
     ))
     figure.update_layout(height=420, margin={"t": 60, "l": 60, "r": 60, "b": 30})
     return figure

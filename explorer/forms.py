@@ -24,7 +24,7 @@ import itertools
 import math
 from typing import Any
 
-from tlkit.config import Config, ConfigError, FieldSpec, coerce, field_specs
+from tlkit.config import Config, ConfigError, FieldSpec, check_value, coerce, field_specs
 
 # Fields the page handles itself: the preset selector, and the runs dir the explorer is bound to.
 HIDDEN_FIELDS = ("preset", "runs_dir")
@@ -194,6 +194,8 @@ def parse_sweep_values(key: str, text: str) -> list[Any]:
     if len(tokens) > MAX_SWEEP_VALUES:
         raise ConfigError(f"{key}: at most {MAX_SWEEP_VALUES} values per field (got {len(tokens)})")
     values = [normalise(key, token) for token in tokens]
+    for value in values:
+        check_value(specs_by_key()[key], value)
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"{key}: values repeat")
     return values

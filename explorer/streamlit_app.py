@@ -12,30 +12,24 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import streamlit as st
+import streamlit as st  # noqa: E402
 
-from explorer import launcher, session, worker
+from explorer import session, ui  # noqa: E402
 
-st.set_page_config(page_title="tlkit explorer", page_icon="🧪", layout="wide")
+st.set_page_config(page_title="tlkit explorer", page_icon=":material/science:", layout="wide")
 runs_dir = session.runs_dir()
 
 pages = st.navigation([
-    st.Page("views/launch.py", title="Launch", icon="🚀", default=True),
-    st.Page("views/runs.py", title="Runs", icon="📋"),
-    st.Page("views/compare.py", title="Compare", icon="📈"),
+    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),
+    st.Page("views/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/monitoring:"),
 ])
 
 with st.sidebar:
-    st.markdown("### 🧪 tlkit explorer")
+    st.markdown("### :material/science: tlkit explorer")
     st.caption(f"Runs directory: `{runs_dir.resolve()}`")
     st.number_input("Max concurrent runs", min_value=1, max_value=16, step=1, key="max_concurrent",
                     value=session.max_concurrent(), help="Queue workers allowed at once on this machine.")
-    counts = launcher.queue_summary(runs_dir)
-    workers = worker.active_workers(runs_dir) if runs_dir.is_dir() else []
-    st.caption(f"Queue: {counts['queued']} queued · {counts['running']} running · "
-               f"{'worker pid ' + ', '.join(map(str, workers)) if workers else 'no worker'}")
-    if counts["queued"] and not workers and st.button("Start queue worker"):
-        launcher.ensure_worker(runs_dir, st.session_state["max_concurrent"])
-        st.rerun()
+    ui.queue_status(runs_dir)
 
 pages.run()

@@ -32,8 +32,10 @@ KEY_FIELDS = (
 )
 # Fields that differ between almost any two runs without describing the experiment.
 IGNORED_FIELDS = ("name", "runs_dir")
-STATE_ICONS = {"queued": "⏳", "running": "▶️", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
-               "unknown": "❓"}
+# Streamlit material icons (markdown), so they render without an emoji font.
+STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
+               "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
+               "cancelled": ":material/cancel:", "unknown": ":orange[:material/help:]"}
 
 
 @dataclasses.dataclass
@@ -160,14 +162,15 @@ def format_duration(seconds: float | None) -> str:
 def runs_table(summaries: list[RunSummary]) -> tuple[pd.DataFrame, list[str]]:
     """One row per run; returns the frame and the config columns whose values differ."""
     differing = differing_fields(summaries)
-    config_columns = list(KEY_FIELDS) + [key for key in differing if key not in KEY_FIELDS]
+    # What differs comes first, so the highlighted columns are visible without scrolling.
+    config_columns = differing + [key for key in KEY_FIELDS if key not in differing]
     rows = []
     for summary in summaries:
         flat = summary.flat_config
         row = {
             "run": summary.run_id,
             "name": summary.name,
-            "state": f"{STATE_ICONS[summary.state]} {summary.state}",
+            "state": summary.state,
             "test acc": summary.test_accuracy,
             "macro F1": summary.macro_f1,
             "duration": format_duration(summary.duration),
@@ -176,8 +179,12 @@ def runs_table(summaries: list[RunSummary]) -> tuple[pd.DataFrame, list[str]]:
         row.update({key: _cell(flat.get(key)) for key in config_columns})
         row["error"] = (summary.error or "")[:200]
         rows.append(row)
-    columns = ["run", "name", "state", "test acc", "macro F1", "duration", "backend", *config_columns, "error"]
-    return pd.DataFrame(rows, columns=columns), [key for key in config_columns if key in differing]
+    columns = ["run", "name", "state", "test acc", "macro F1", "duration", "backend", *config_columns,
+               "error"]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in ("test acc", "macro F1"):
+        frame[column] = pd.to_numeric(frame[column])  # all-None columns would stay object ("None")
+    return frame, differing
 
 
 def _cell(value) -> Any:

@@ -9,11 +9,12 @@ widget state when the user visits another page.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import streamlit as st
 
-from explorer import forms, launcher, tables
+from explorer import forms, launcher, tables, worker
 from tlkit import runs
 from tlkit.config import LOCAL_BACKBONES, PRESETS
 
@@ -194,7 +195,8 @@ def config_form() -> tuple[dict[str, Any], str]:
         if not members:
             continue
         title = group.capitalize() if group else "Run"
-        with st.expander(f"**{title}** — {caption}", expanded=group in ("model", "head", "finetune", "augment")):
+        expanded = group in ("model", "augment", "head", "finetune")
+        with st.expander(f"**{title}** — {caption}", expanded=expanded):
             columns = st.columns(3)
             for index, widget in enumerate(members):
                 with columns[index % 3]:
@@ -234,9 +236,14 @@ def progress_line(summary: tables.RunSummary) -> str:
     return " · ".join(part for part in parts if part) or "starting…"
 
 
+def card_key(run_id: str) -> str:
+    """The card's key; Streamlit turns it into the CSS class `st-key-<key>` (used by the browser test)."""
+    return "card-" + re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
+
+
 def run_card(summary: tables.RunSummary, cancel: bool = True) -> None:
     """One run's live state: progress, current metrics, result or error, Cancel."""
-    with st.container(border=True):
+    with st.container(border=True, key=card_key(summary.run_id)):
         head, action = st.columns([5, 1])
         icon = tables.STATE_ICONS[summary.state]
         head.markdown(f"{icon} **{summary.label}** · `{summary.run_id}` · {summary.state}"
@@ -253,7 +260,9 @@ def run_card(summary: tables.RunSummary, cancel: bool = True) -> None:
         elif summary.state == "completed":
             accuracy = summary.test_accuracy
             st.markdown(f"test accuracy **{accuracy:.2%}**" if accuracy is not None else "completed")
-        if summary.error and summary.state != "completed":
+        if summary.state == "cancelled":
+            st.caption(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
+        elif summary.error and summary.state != "completed":
             st.error(summary.error)
 
 
@@ -271,6 +280,18 @@ def progress_panel(runs_dir) -> None:
         run_card(summary)
 
 
+@st.fragment(run_every=3)
+def queue_status(runs_dir) -> None:
+    """Sidebar line: queue length and workers; restarts a worker if runs wait without one."""
+    counts = launcher.queue_summary(runs_dir)
+    workers = worker.active_workers(runs_dir) if runs_dir.is_dir() else []
+    st.caption(f"Queue: {counts['queued']} queued · {counts['running']} running · "
+               f"{'worker pid ' + ', '.join(map(str, workers)) if workers else 'no worker'}")
+    # After a reboot (or a killed worker) queued runs wait for nobody.
+    if counts["queued"] and not workers and st.button("Start queue worker", key="start-worker"):
+        launcher.ensure_worker(runs_dir, st.session_state.get("max_concurrent", 1))
+
+
 # ---- run details ----------------------------------------------------------------
 
 
@@ -278,7 +299,9 @@ def run_details(summary: tables.RunSummary) -> None:
     """State, error, log tail, status and config of one run (safe on broken runs)."""
     run = summary.run
     st.markdown(f"**{summary.label}** · `{run.run_id}` · {tables.STATE_ICONS[summary.state]} {summary.state}")
-    if summary.error:
+    if summary.state == "cancelled":
+        st.info(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
+    elif summary.error:
         st.error(f"{summary.state}: {summary.error}")
     log = run.log_tail()
     if log:

@@ -231,7 +231,8 @@ def start_worker(runs_dir, max_concurrent: int = 1, train_cmd: str | None = None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m explorer.worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs-dir", default=None, help="Runs directory (default: $TLKIT_RUNS_DIR or ./runs).")
+    parser.add_argument("--runs-dir", default=None,
+                        help="Runs directory (default: $TLKIT_RUNS_DIR or ./runs).")
     parser.add_argument("--max-concurrent", type=int, default=default_max_concurrent(),
                         help=f"Runs trained at once on this machine (default: ${MAX_CONCURRENT_ENV} or 1).")
     parser.add_argument("--train-cmd", default=None,

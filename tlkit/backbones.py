@@ -186,7 +186,7 @@ def block_names(model: keras.Model) -> list[str]:
     names: list[str] = []
     for layer in model.layers:
         match = _BLOCK_PATTERN.match(layer.name)
-        if not match:
+        if not match or not layer.weights:  # skip weightless groups such as `pool1`
             continue
         stage = match.group(1)
         for candidate in (stage, f"{stage}_{match.group(2)}" if match.group(2) else None):

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="With --run-dir: continue after the last completed stage.")
     parser.add_argument("--dry-run", action="store_true", help="Print the resolved config and exit.")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="0: silent, 1: a progress bar per epoch, 2: one line per epoch (for log files).")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in field_specs():
         if spec.key == "preset":  # recorded by --preset itself
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = runs.Run(args.run_dir) if args.run_dir else None
     try:
-        run = train(config, run=run, resume=args.resume)
+        run = train(config, run=run, resume=args.resume, verbose=args.verbose)
     except RunCancelled as error:
         print(f"\ncancelled: {error}", file=sys.stderr)
         return EXIT_CANCELLED

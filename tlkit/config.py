@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class ConfigError(ValueError):

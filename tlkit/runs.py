@@ -2,15 +2,17 @@
 
 A run lives in `<runs_dir>/<run_id>/` and holds:
 
-| file | what |
-| --- | --- |
-| `config.json` | the full resolved `Config` |
-| `status.json` | `state` (queued, running, completed, failed, cancelled), `stage`, `epoch`, `epochs`, `progress` 0..1, `error`, `pid`, timestamps; updated while running |
-| `history.csv` | one row per epoch: `stage, epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds` |
-| `metrics.json` | `test_accuracy`, `test_loss`, `confusion_matrix`, per-class metrics, class names, backend, versions, device, seconds per stage, images/s |
-| `model.keras` | the trained model (reloads on every backend after `import tlkit`) |
-| `misclassified.npz` | `index`, `true`, `predicted`, `confidence` and the 28×28 `images` of the misclassified test images |
-| `train.log` | the CLI's output when launched by the explorer |
+- `config.json`: the full resolved `Config`.
+- `status.json`: `state` (queued, running, completed, failed, cancelled), `stage`,
+  `epoch`, `epochs`, `progress` 0..1, `error`, `pid`, timestamps; updated while running.
+- `history.csv`: one row per epoch: `stage, epoch, loss, accuracy, val_loss,
+  val_accuracy, lr, seconds`.
+- `metrics.json`: `test_accuracy`, `test_loss`, `confusion_matrix`, per-class
+  metrics, class names, backend, versions, device, seconds per stage, images/s.
+- `model.keras`: the trained model (reloads on every backend after `import tlkit`).
+- `misclassified.npz`: `index`, `true`, `predicted`, `confidence` and the 28×28
+  `images` of the misclassified test images.
+- `train.log`: the CLI's output when launched by the explorer.
 
 Every write goes to a temp file first and is renamed into place, so a reader
 never sees half a file. Readers are tolerant: a missing or corrupt file reads

@@ -128,11 +128,14 @@ class StageMonitor(keras.callbacks.Callback):
         on_epoch: called with an `EpochReport` after each epoch.
         on_progress: called with (epoch, fraction of the epoch done), at most
             every `progress_interval` seconds.
+        should_stop: polled after each batch; True ends the stage early (cancellation).
     """
 
     def __init__(self, stage: str, epochs: int, on_epoch: Callable[[EpochReport], None] | None = None,
-                 on_progress: Callable[[int, float], None] | None = None, progress_interval: float = 1.0):
+                 on_progress: Callable[[int, float], None] | None = None, progress_interval: float = 1.0,
+                 should_stop: Callable[[], bool] | None = None):
         super().__init__()
+        self.should_stop = should_stop
         self.stage = stage
         self.epochs = epochs
         self.on_epoch = on_epoch
@@ -148,6 +151,9 @@ class StageMonitor(keras.callbacks.Callback):
         self._epoch_start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.should_stop and self.should_stop():
+            self.model.stop_training = True
+            return
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.non_finite_at = (self._epoch + 1, batch + 1)
@@ -160,7 +166,7 @@ class StageMonitor(keras.callbacks.Callback):
             self.on_progress(self._epoch + 1, (batch + 1) / steps if steps else 0.0)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.non_finite_at or not self.on_epoch:
+        if self.non_finite_at or not self.on_epoch or (self.should_stop and self.should_stop()):
             return
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         seconds = time.perf_counter() - self._epoch_start

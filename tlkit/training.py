@@ -41,6 +41,11 @@ class RunCancelled(Exception):
     """The run was cancelled (SIGTERM or Ctrl-C); what was done so far is kept."""
 
 
+# Set by SIGTERM. The handler also raises, but a raise can land inside library code that
+# swallows it, so stages poll this flag after every batch as well.
+_cancel_requested = threading.Event()
+
+
 def train(config: Config, run: runs.Run | None = None, resume: bool = False, verbose="auto") -> runs.Run:
     """Trains and evaluates one model; everything lands in a run directory.
 
@@ -115,6 +120,8 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
             batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
             unfreeze=getattr(stage_config, "unfreeze", ""), monitor=monitor, verbose=verbose,
         )
+        if _cancel_requested.is_set():
+            raise RunCancelled("SIGTERM")
         save_model(model, run)
         completed.append(stage)
         run.update_status(completed_stages=list(completed))
@@ -153,7 +160,8 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
     def on_progress(epoch: int, fraction: float) -> None:
         run.update_status(epoch=epoch - 1, progress=overall(epoch - 1 + fraction))
 
-    return StageMonitor(stage, epochs, on_epoch=on_epoch, on_progress=on_progress)
+    return StageMonitor(stage, epochs, on_epoch=on_epoch, on_progress=on_progress,
+                        should_stop=_cancel_requested.is_set)
 
 
 def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int) -> dict:
@@ -205,8 +213,10 @@ def _cancel_on_sigterm():
         return
 
     def handler(signum, frame):
+        _cancel_requested.set()
         raise RunCancelled("SIGTERM")
 
+    _cancel_requested.clear()
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

@@ -32,7 +32,8 @@ def start(configs) -> None:
     st.success(f"Queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {names}")
 
 
-if st.button("🚀 Launch", type="primary", disabled=config is None, key="launch"):
+if st.button("Launch", icon=":material/rocket_launch:", type="primary", disabled=config is None,
+             key="launch"):
     start([config])
 
 with st.expander("Sweep: queue a grid over up to two fields"):

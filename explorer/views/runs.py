@@ -1,0 +1,60 @@
+"""Runs page: every run in the runs directory (explorer- or CLI-launched), filter, select, delete."""
+
+import streamlit as st
+
+from explorer import session, tables, ui
+
+runs_dir = session.runs_dir()
+st.title("Runs")
+if flash := st.session_state.pop("flash", None):
+    st.success(flash)
+
+summaries = tables.summarise_all(runs_dir)
+if not summaries:
+    st.info(f"No runs in `{runs_dir}` yet. Launch one on the Launch page or with `python -m tlkit.train`.")
+    st.stop()
+
+left, middle, right, refresh = st.columns([2, 2, 1, 0.5], vertical_alignment="bottom")
+states = left.multiselect("State", list(tables.STATE_ICONS), key="runs:states", placeholder="all states")
+text = middle.text_input("Name or id contains", key="runs:text")
+order = right.selectbox("Sort", list(tables.SORTS), key="runs:sort")
+refresh.button("", icon=":material/refresh:", help="Re-read the runs directory.")
+
+shown = tables.sort_summaries(tables.filter_summaries(summaries, states, text), order)
+frame, differing = tables.runs_table(shown)
+
+
+STATE_COLORS = {"completed": "#1a7f37", "failed": "#cf222e", "unknown": "#bf8700", "running": "#0969da"}
+
+
+def highlight(column):
+    return ["background-color: rgba(255, 200, 0, 0.25)"] * len(column)
+
+
+styled = frame.style.apply(highlight, subset=differing).map(
+    lambda state: f"color: {STATE_COLORS[state]}" if state in STATE_COLORS else "", subset=["state"]).format(
+    {"test acc": "{:.2%}", "macro F1": "{:.3f}"}, na_rep="")
+st.caption(f"{len(shown)} of {len(summaries)} runs. "
+           + (f"Highlighted columns differ between them: {', '.join(differing)}. " if differing else "")
+           + "Tick rows to compare them.")
+selection_default = {"selection": {"rows": [i for i, s in enumerate(shown)
+                                            if s.run_id in st.session_state.get("compare_ids", [])]}}
+event = st.dataframe(styled, key="runs:table", on_select="rerun", selection_mode="multi-row",
+                     hide_index=True, selection_default=selection_default)
+picked = [shown[i].run_id for i in event.selection.rows if i < len(shown)]
+if picked:
+    st.session_state["compare_ids"] = picked
+    if st.button(f"Compare {len(picked)} selected run{'s' if len(picked) > 1 else ''} →", type="primary"):
+        st.switch_page("views/compare.py")
+
+st.subheader("Run details")
+by_id = {s.run_id: s for s in shown}
+if by_id:
+    default = picked[0] if picked else next(iter(by_id))
+    run_id = st.selectbox("Run", list(by_id), index=list(by_id).index(default), key="runs:detail",
+                          format_func=lambda i: f"{i} · {by_id[i].state}")
+    summary = by_id[run_id]
+    if summary.state in ("queued", "running"):
+        ui.run_card(summary)
+    ui.run_details(summary)
+    ui.delete_control(summary)

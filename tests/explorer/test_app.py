@@ -1,0 +1,245 @@
+"""AppTest checks of each page against fixture run directories (no browser, no training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import APP
+from streamlit.testing.v1 import AppTest
+
+from explorer import forms, launcher, ui
+from tlkit import runs
+from tlkit.config import PRESETS
+
+TIMEOUT = 60
+
+
+@pytest.fixture
+def no_worker(monkeypatch):
+    """Records worker starts instead of spawning one (queue behaviour is tested in test_worker)."""
+    calls = []
+    monkeypatch.setattr(launcher, "ensure_worker", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+def app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The plotly figure JSON of the chart with `key`."""
+    for element in at.get("plotly_chart"):
+        if element.key == key:
+            return json.loads(element.proto.spec)
+    raise AssertionError(f"no chart {key!r}; have {[e.key for e in at.get('plotly_chart')]}")
+
+
+def chart_keys(at: AppTest) -> list[str]:
+    return [element.key for element in at.get("plotly_chart")]
+
+
+# ---- Launch ---------------------------------------------------------------------
+
+
+def test_launch_form_is_generated_from_field_specs(runs_dir, no_worker):
+    at = app().run()
+    assert not at.exception
+    kinds = ("selectbox", "slider", "number_input", "checkbox", "text_input", "radio")
+    rendered = {element.key for kind in kinds for element in at.get(kind)}
+    for widget in forms.widget_specs():
+        if widget.key not in ui.CUSTOM_SEEDS:
+            assert ui.wkey(widget.key) in rendered, widget.key
+    assert ui.wkey("finetune.unfreeze", "mode") in rendered
+    assert at.selectbox(key="cfg:preset").options == list(PRESETS)
+    # The preset's values are the widget defaults, ranges come from the spec.
+    dropout = at.slider(key="cfg:model.dropout")
+    assert dropout.value == pytest.approx(PRESETS["smoke"]["model"]["dropout"])
+    assert dropout.proto.max == pytest.approx(0.9)
+    assert at.selectbox(key="cfg:model.backbone:choice").value == "mini_resnet"
+    assert at.selectbox(key="cfg:backend").options == forms.installed_backends()
+    assert not at.error
+    assert at.button(key="launch").disabled is False
+    assert "Nothing queued or running." in [c.value for c in at.caption]
+
+
+def test_preset_sets_every_widget(runs_dir, no_worker):
+    at = app().run()
+    at.selectbox(key="cfg:preset").select("cpu").run()
+    assert at.number_input(key="cfg:model.image_size").value == 64
+    assert at.selectbox(key="cfg:model.backbone:choice").value == "resnet50"
+    assert at.selectbox(key="cfg:finetune.schedule").value == "cosine"
+    assert at.radio(key="cfg:finetune.unfreeze:mode").value == ui.BLOCK_MODE
+    # The block picker lists the backbone's real blocks (or falls back to a text box).
+    blocks = at.get("selectbox")
+    picker = [b for b in blocks if b.key == ui.wkey("finetune.unfreeze", "block")]
+    if picker:
+        assert picker[0].value == "conv5" and "conv4" in picker[0].options
+    else:
+        assert at.text_input(key=ui.wkey("finetune.unfreeze", "text")).value == "conv5"
+
+
+def test_invalid_config_shows_config_error_and_blocks_launch(runs_dir, no_worker):
+    at = app().run()
+    at.number_input(key="cfg:head.warmup_epochs").set_value(3.0).run()
+    assert any("head.warmup_epochs" in error.value for error in at.error)
+    assert at.button(key="launch").disabled is True
+
+
+def test_launch_queues_a_run_and_shows_it(runs_dir, no_worker):
+    at = app().run()
+    at.slider(key="cfg:model.dropout").set_value(0.35)
+    at.text_input(key="cfg:name").input("ui-run")
+    at.button(key="launch").click().run()
+    assert not at.exception
+    (run,) = runs.list_runs(runs_dir)
+    assert run.status()["state"] == "queued"
+    assert run.status()["backend"] == at.selectbox(key="cfg:backend").value
+    config = run.config()
+    assert config["model"]["dropout"] == pytest.approx(0.35)
+    assert config["name"] == "ui-run" and config["preset"] == "smoke"
+    assert len(no_worker) == 1
+    assert any(run.run_id in s.value for s in at.success)
+    assert any("waiting for the queue worker" in (p.proto.text or "") for p in at.get("progress"))
+
+    at.button(key=f"cancel:{run.run_id}").click().run()
+    assert run.status()["state"] == "cancelled"
+
+
+def test_sweep_queues_the_grid(runs_dir, no_worker):
+    at = app().run()
+    at.selectbox(key="sweep:field:0").select("model.dropout")
+    at.selectbox(key="sweep:field:1").select("finetune.unfreeze").run()
+    at.text_input(key="sweep:values:0").input("0.1, 0.3")
+    at.text_input(key="sweep:values:1").input("conv2, 4").run()
+    assert at.button(key="sweep:queue").label == "Queue 4 runs"
+    at.button(key="sweep:queue").click().run()
+    configs = [run.config() for run in runs.list_runs(runs_dir)]
+    grid = sorted((c["model"]["dropout"], c["finetune"]["unfreeze"]) for c in configs)
+    assert grid == [(0.1, "4"), (0.1, "conv2"), (0.3, "4"), (0.3, "conv2")]
+    assert all(run.status()["state"] == "queued" for run in runs.list_runs(runs_dir))
+
+    at.text_input(key="sweep:values:0").input("0.1, 0.2, 0.3, 0.4").run()
+    assert any("at most 3 values" in error.value for error in at.error)
+    assert at.button(key="sweep:queue").disabled is True
+
+
+# ---- Runs -----------------------------------------------------------------------
+
+
+def runs_page() -> AppTest:
+    at = app().run()
+    return at.switch_page("views/runs.py").run()
+
+
+def test_runs_table_lists_every_run_and_flags_differences(populated):
+    at = runs_page()
+    assert not at.exception
+    frame = at.dataframe[0].value
+    assert sorted(frame["run"]) == sorted(run.run_id for run in populated.values())
+    states = dict(zip(frame["run"], frame["state"]))
+    assert states[populated["a"].run_id].endswith("completed")
+    assert states[populated["failed"].run_id].endswith("failed")
+    assert states[populated["corrupt"].run_id].endswith("unknown")
+    accuracy = dict(zip(frame["run"], frame["test acc"]))
+    assert accuracy[populated["b"].run_id] == pytest.approx(populated["b"].metrics()["test_accuracy"])
+    errors = dict(zip(frame["run"], frame["error"]))
+    assert "out of memory" in errors[populated["failed"].run_id]
+    assert "unreadable" in errors[populated["corrupt"].run_id]
+    caption = " ".join(c.value for c in at.caption)
+    assert "model.dropout" in caption and "finetune.unfreeze" in caption
+
+
+def test_runs_filter_and_details_of_broken_runs(populated):
+    at = runs_page()
+    at.multiselect(key="runs:states").select("failed").run()
+    assert list(at.dataframe[0].value["run"]) == [populated["failed"].run_id]
+    assert any("ResourceExhaustedError" in error.value for error in at.error)
+    assert any("ResourceExhaustedError" in code.value for code in at.code)  # train.log tail
+
+    at.multiselect(key="runs:states").unselect("failed").select("unknown").run()
+    assert not at.exception
+    assert any("config.json is missing or unreadable" in w.value for w in at.warning)
+
+
+def test_delete_asks_for_confirmation(populated):
+    at = runs_page()
+    target = populated["a"]
+    at.selectbox(key="runs:detail").select(target.run_id).run()
+    at.button(key=f"delete:{target.run_id}").click().run()
+    assert target.path.exists()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key=f"confirm-delete:{target.run_id}").click().run()
+    assert not target.path.exists()
+    assert any(f"Deleted {target.run_id}" in s.value for s in at.success)
+    assert target.run_id not in list(at.dataframe[0].value["run"])
+
+
+# ---- Compare --------------------------------------------------------------------
+
+
+def compare_page(selected=None) -> AppTest:
+    at = app()
+    if selected is not None:
+        at.session_state["compare_ids"] = selected
+    at.run()
+    return at.switch_page("views/compare.py").run()
+
+
+def test_compare_renders_curves_confusion_and_summaries(populated):
+    at = compare_page()
+    assert not at.exception
+    a, b = populated["a"].run_id, populated["b"].run_id
+    assert sorted(at.multiselect(key="compare:runs").value) == sorted([a, b])
+    assert {"curves", f"cm:{a}", f"cm:{b}", "cm:diff", "per_class", "parallel"} <= set(chart_keys(at))
+
+    curves = chart(at, "curves")
+    names = {trace["name"] for trace in curves["data"]}
+    assert {"alpha · train", "alpha · val", "beta · train", "beta · val"} <= names
+    assert any(a.get("text") == "head → finetune" for a in curves["layout"]["annotations"])
+    assert any(shape.get("x0") == 1.5 for shape in curves["layout"]["shapes"])  # 1 head epoch + 0.5
+
+    confusion = chart(at, f"cm:{a}")
+    heatmap = confusion["data"][0]
+    assert heatmap["type"] == "heatmap" and "Ankle boot" in heatmap["x"]
+    assert heatmap["z"] == populated["a"].metrics()["confusion_matrix"]
+
+    parallel = chart(at, "parallel")
+    labels = [d["label"] for d in parallel["data"][0]["dimensions"]]
+    assert "model.dropout" in labels and labels[-1] == "test accuracy"
+
+
+def test_compare_normalised_and_gallery_filter(populated):
+    at = compare_page([populated["a"].run_id])
+    at.radio(key="cm:mode").set_value("row-normalised").run()
+    z = chart(at, f"cm:{populated['a'].run_id}")["data"][0]["z"]
+    assert all(abs(sum(row) - 1) < 1e-6 for row in z if sum(row))
+
+    (gallery,) = at.image
+    assert gallery.captions and all("→" in caption for caption in gallery.captions)
+    at.selectbox(key="gallery:true").select("Trouser").run()
+    captions = at.image[0].captions if at.image else []
+    data = populated["a"].misclassified()
+    expected = int((data["true"] == 1).sum())
+    assert len(captions) == min(expected, 48)
+    assert all(caption.startswith("Trouser →") for caption in captions)
+
+
+def test_compare_survives_failed_and_corrupt_runs(populated):
+    ids = [populated[name].run_id for name in ("a", "failed", "corrupt")]
+    at = compare_page(ids)
+    assert not at.exception
+    labels = " ".join(expander.label for expander in at.expander)
+    assert "failed" in labels and "out of memory" in labels
+    assert "unknown" in labels
+    # The failed run's partial history still plots; only the completed run has a confusion matrix.
+    assert "curves" in chart_keys(at)
+    assert [k for k in chart_keys(at) if k.startswith("cm:")] == [f"cm:{populated['a'].run_id}"]
+
+
+def test_empty_runs_dir_shows_hints(runs_dir, no_worker):
+    at = app().run()
+    at.switch_page("views/runs.py").run()
+    assert any("No runs in" in info.value for info in at.info)
+    at.switch_page("views/compare.py").run()
+    assert any("No runs in" in info.value for info in at.info)

@@ -1,0 +1,263 @@
+"""End to end in real headless Chromium: launch runs from the UI, watch, cancel, compare.
+
+Starts `streamlit run explorer -- --runs-dir <tmp>` and drives it with
+Playwright. By default the runs are real `python -m tlkit.train` smoke runs
+(tiny backbone, ~20 s each on 2 CPU cores) when the Fashion-MNIST files are
+found (`$TLKIT_TEST_DATA_DIR`, or `../shared/data/fashion-mnist` next to the
+repo); otherwise, or with `TLKIT_EXPLORER_E2E_TRAINER=fake`, the queue runs
+`tests/explorer/fake_trainer.py`. Screenshots of the main views go to `docs/img/`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_TRAINER
+
+from explorer import launcher, ui, worker
+from tlkit import runs
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[2]
+IMG_DIR = REPO / "docs" / "img"
+RUN_TIMEOUT_MS = 150_000  # one real smoke run: ~20 s here; generous for slow CI machines
+
+
+def find_data_dir() -> Path | None:
+    candidates = [os.environ.get("TLKIT_TEST_DATA_DIR"), REPO.parent / "shared" / "data" / "fashion-mnist",
+                  REPO / "shared" / "data" / "fashion-mnist"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "t10k-labels-idx1-ubyte.gz").exists():
+            return Path(candidate)
+    return None
+
+
+def trainer_mode() -> str:
+    mode = os.environ.get("TLKIT_EXPLORER_E2E_TRAINER", "auto")
+    if mode in ("real", "fake"):
+        return mode
+    return "real" if find_data_dir() is not None else "fake"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "streamlit exited early"
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("streamlit did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing (required on CI)")
+        pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium to run the browser test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory, chromium):
+    """A running explorer on a free port over an empty runs dir; cleans up workers and trainers."""
+    runs_dir = tmp_path_factory.mktemp("e2e") / "runs"
+    mode = trainer_mode()
+    env = {key: value for key, value in os.environ.items() if key != worker.TRAIN_CMD_ENV}
+    env.update(KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"), PYTHONUNBUFFERED="1")
+    if mode == "fake":
+        env[worker.TRAIN_CMD_ENV] = f"{sys.executable} {FAKE_TRAINER}"
+        env["FAKE_TRAINER_EPOCH_SECONDS"] = "1"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(runs_dir.parent / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "explorer", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--", "--runs-dir", str(runs_dir)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(url, server)
+        yield {"url": url, "runs_dir": runs_dir, "mode": mode}
+    finally:
+        for run in runs.list_runs(runs_dir):
+            if run.status().get("state") in ("queued", "running"):
+                launcher.cancel_run(run)
+        for pid in worker.active_workers(runs_dir) if runs_dir.exists() else []:
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture
+def page(chromium, explorer):
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(explorer["url"])
+    page.get_by_text("Launch an experiment").wait_for(timeout=90_000)
+    # The first visit builds the backbone once for its block names (imports Keras in the server).
+    page.get_by_text("Nothing queued or running").wait_for(timeout=90_000)
+    yield page
+    context.close()
+
+
+def shot(page, name: str, height: int | None = None) -> None:
+    """Saves a screenshot for the docs (a taller viewport shows the whole page)."""
+    IMG_DIR.mkdir(parents=True, exist_ok=True)
+    if height:
+        page.set_viewport_size({"width": 1400, "height": height})
+        page.locator('[data-testid="stMain"]').evaluate("main => main.scrollTo(0, 0)")
+        page.wait_for_timeout(700)
+    page.screenshot(path=str(IMG_DIR / name))
+    if height:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def fill(page, label: str, value: str, nth: int = 0) -> None:
+    box = page.locator(f'input[aria-label="{label}"]').nth(nth)
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_timeout(600)  # let the rerun land before the next interaction
+
+
+def expand(page, caption_text: str) -> None:
+    page.locator("summary", has_text=caption_text).click()
+
+
+def new_run_ids(runs_dir: Path, known: set[str]) -> list[str]:
+    return sorted(run.run_id for run in runs.list_runs(runs_dir) if run.run_id not in known)
+
+
+def launch(page, runs_dir: Path, name: str) -> runs.Run:
+    known = {run.run_id for run in runs.list_runs(runs_dir)}
+    fill(page, "Name", name)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("Queued 1 run").wait_for()
+    (run_id,) = new_run_ids(runs_dir, known)
+    return runs.Run(runs_dir / run_id)
+
+
+def poll(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def svg_texts(locator) -> list[str]:
+    return locator.evaluate_all("nodes => nodes.map(node => node.textContent)")
+
+
+def card(page, run: runs.Run):
+    return page.locator(f".st-key-{ui.card_key(run.run_id)}")
+
+
+def test_launch_watch_cancel_and_compare(page, explorer):
+    runs_dir, mode = explorer["runs_dir"], explorer["mode"]
+    print(f"browser test trainer: {mode}")
+
+    # ---- Launch: two smoke runs queue behind each other ----
+    if mode == "real":
+        expand(page, "Where the images come from")
+        fill(page, "Data dir", str(find_data_dir()))
+    first = launch(page, runs_dir, "e2e-a")
+    fill(page, "Head units", "128")  # the second run differs in one field
+    second = launch(page, runs_dir, "e2e-b")
+    page.get_by_text("waiting for the queue worker").wait_for()
+    shot(page, "launch.png", height=2500)
+
+    card(page, first).get_by_text("test accuracy").wait_for(timeout=RUN_TIMEOUT_MS)
+    card(page, second).get_by_text("test accuracy").wait_for(timeout=RUN_TIMEOUT_MS)
+    for run in (first, second):
+        status = run.status()
+        assert status["state"] == "completed", run.log_tail()
+        assert status["backend"] == os.environ.get("KERAS_BACKEND", "jax")
+        assert len(run.history()) == 2 and run.metrics()["confusion_matrix"]
+
+    # ---- Cancel a running run ----
+    fill(page, "Epochs", "30", nth=0)  # head epochs: long enough to cancel mid-stage
+    third = launch(page, runs_dir, "e2e-cancel")
+    card(page, third).get_by_text("stage head").wait_for(timeout=RUN_TIMEOUT_MS)
+    card(page, third).get_by_role("button", name="Cancel").click()
+    status = runs.wait_for(third, timeout=60)
+    assert status["state"] == "cancelled", third.log_tail()
+    card(page, third).get_by_text("history is kept").wait_for()
+
+    # ---- Compare: curves of the two completed runs ----
+    page.get_by_role("link", name="Compare").click()
+    page.get_by_text("Compare runs").wait_for()
+    curves = page.locator('[data-testid="stPlotlyChart"]').first
+    curves.locator(".main-svg").first.wait_for()
+    assert "head → finetune" in svg_texts(curves.locator(".annotation-text"))
+    legend = svg_texts(curves.locator(".legendtext"))
+    assert {"e2e-a · train", "e2e-a · val", "e2e-b · train", "e2e-b · val"} <= set(legend)
+    page.wait_for_timeout(800)
+    shot(page, "compare_curves.png")
+
+    # ---- Confusion matrices, and a click on a cell filters the gallery ----
+    page.get_by_role("tab", name="Confusion").click()
+    matrix_chart = page.locator('[data-testid="stPlotlyChart"]', has_text="e2e-a · acc")
+    matrix_chart.locator(".main-svg").first.wait_for()
+    metrics = first.metrics()
+    names = metrics["class_names"]
+    assert {"Ankle boot", "Trouser"} <= set(svg_texts(matrix_chart.locator(".xtick text")))
+    page.wait_for_timeout(800)
+    shot(page, "confusion.png", height=1250)
+
+    matrix = metrics["confusion_matrix"]
+    off_diagonal = [(i, j) for i in range(10) for j in range(10) if i != j]
+    true, pred = max(off_diagonal, key=lambda cell: matrix[cell[0]][cell[1]])
+    matrix_chart.locator("path.point").nth(true * 10 + pred).click(force=True)
+    expected = f"{names[true]} → {names[pred]}"
+    captions = page.locator('[data-testid="stImageCaption"]')
+    # The rerun replaces the gallery; wait until only the clicked cell's images are left.
+    def only_clicked_cell() -> bool:
+        texts = captions.all_inner_texts()
+        return bool(texts) and all(text.startswith(expected) for text in texts)
+
+    assert poll(only_clicked_cell), captions.all_inner_texts()[:5]
+    captions = captions.all_inner_texts()
+    assert len(captions) == min(matrix[true][pred], 48)
+    page.get_by_text("Misclassified test images", exact=True).scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    shot(page, "gallery.png")
+
+    # ---- Runs table: all three runs, the cancelled one included ----
+    page.get_by_role("link", name="Runs").click()
+    page.get_by_text("Run details").wait_for()
+    page.wait_for_timeout(1000)
+    grid = page.locator('[data-testid="stDataFrame"]')
+    grid.wait_for()
+    page.get_by_text("3 of 3 runs").wait_for()
+    shot(page, "runs.png")

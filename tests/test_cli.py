@@ -1,0 +1,164 @@
+"""The CLI end to end: run directory contract, reload, failures, cancel and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import tlkit
+from tlkit import runs
+from tlkit.cli import main
+from tlkit.data import load_splits
+from tlkit.evaluate import confusion_matrix
+
+from .conftest import REPO, smoke_config
+
+SMOKE = ["--preset", "smoke", "--train-limit", "none", "--test-limit", "none", "--batch-size", "32"]
+
+
+def cli(*args, env=None, **kwargs):
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tlkit.train", *args], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def only_run(runs_dir):
+    (run,) = runs.list_runs(runs_dir)
+    return run
+
+
+def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--name", "cli test",
+                 "--head-epochs", "2", "--unfreeze", "conv4")
+    assert result.returncode == 0, result.stderr
+    run = only_run(runs_dir)
+    assert f"run directory: {run.path}" in result.stdout and "test accuracy" in result.stdout
+    assert "cli-test" in run.run_id
+    config = run.config()
+    assert config["preset"] == "smoke" and config["finetune"]["unfreeze"] == "conv4"
+    status = run.status()
+    assert status["state"] == "completed" and status["progress"] == 1.0 and status["error"] is None
+    history = run.history()
+    assert [(row["stage"], row["epoch"]) for row in history] == [("head", 1), ("head", 2), ("finetune", 1)]
+    assert set(history[0]) == set(runs.HISTORY_COLUMNS)
+    assert all(row["val_accuracy"] is not None and row["lr"] > 0 and row["seconds"] > 0 for row in history)
+    metrics = run.metrics()
+    for key in ("test_accuracy", "test_loss", "confusion_matrix", "per_class", "class_names", "backend",
+                "versions", "device", "seconds", "images_per_second", "macro_f1"):
+        assert key in metrics, key
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 100
+    assert metrics["backend"] == keras.backend.backend()
+    assert {"head", "finetune", "total"} <= set(metrics["seconds"])
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    wrong = run.misclassified()
+    assert len(wrong["index"]) == matrix.sum() - np.trace(matrix)
+    assert wrong["images"].shape == (len(wrong["index"]), 28, 28) and wrong["images"].dtype == np.uint8
+    assert np.all(wrong["true"] != wrong["predicted"])
+
+    # model.keras reloads and predicts exactly what the run measured.
+    model = run.load_model()
+    splits = load_splits(tlkit.Config.from_dict(config).data, config["seed"])
+    predicted = np.argmax(model.predict(splits.test.images, verbose=0), axis=1)
+    np.testing.assert_array_equal(confusion_matrix(splits.test.labels, predicted), matrix)
+
+
+def test_python_api_mirrors_the_cli(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, head={"epochs": 4, "learning_rate": 3e-2},
+                          finetune={"epochs": 0})
+    run = tlkit.train(config, verbose=0)
+    assert run.status()["state"] == "completed"
+    assert [row["stage"] for row in run.history()] == ["head"] * 4
+    # a random frozen backbone still separates the synthetic classes well above chance (0.1).
+    assert run.metrics()["test_accuracy"] > 0.25
+    assert json.loads((run.path / "config.json").read_text()) == config.to_dict()
+
+
+def test_saved_model_reloads_with_identical_predictions(synthetic_data_dir, tmp_path):
+    from tlkit.model import build_classifier
+
+    config = smoke_config(synthetic_data_dir, tmp_path, augment={"flip": True, "rotation": 0.1})
+    model = build_classifier(config.model, config.augment).model
+    images = np.random.default_rng(0).integers(0, 256, size=(8, 28, 28, 1), dtype=np.uint8)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_config_error_exits_2_before_any_compute(tmp_path, capsys):
+    code = main(["--preset", "smoke", "--dropout", "2", "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2
+    assert "model.dropout: 2.0 is outside the allowed range [0, 0.9]" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path, capsys):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('preset = "cpu"\n[model]\ndropout = 0.1\n')
+    assert main(["--config", str(config_file), "--head-epochs", "7", "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["preset"] == "cpu" and printed["model"]["dropout"] == 0.1 and printed["head"]["epochs"] == 7
+
+
+def test_failing_run_records_failed_with_the_reason(synthetic_data_dir, tmp_path):
+    bad_weights = tmp_path / "corrupt.weights.h5"
+    bad_weights.write_bytes(b"this is not an HDF5 file")
+    runs_dir = tmp_path / "runs"
+    result = cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir),
+                 "--weights", str(bad_weights))
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: cannot load weights") and "corrupt.weights.h5" in last_line
+    status = only_run(runs_dir).status()
+    assert status["state"] == "failed" and status["error"].startswith("cannot load weights")
+
+
+def test_missing_data_fails_with_guidance(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs_dir = tmp_path / "runs"
+    assert main([*SMOKE, "--data-dir", str(empty), "--runs-dir", str(runs_dir)]) == 1
+    assert "train-images-idx3-ubyte(.gz) not found" in only_run(runs_dir).status()["error"]
+
+
+def wait_until(predicate, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_cancels_cleanly_and_resume_finishes(synthetic_data_dir, tmp_path):
+    runs_dir = tmp_path / "runs"
+    args = [*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir),
+            "--head-epochs", "2", "--finetune-epochs", "200"]
+    process = subprocess.Popen([sys.executable, "-m", "tlkit.train", *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: runs.list_runs(runs_dir)
+                          and only_run(runs_dir).status().get("stage") == "finetune"
+                          and any(r["stage"] == "finetune" for r in only_run(runs_dir).history()))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 130
+    finally:
+        process.kill()
+    run = only_run(runs_dir)
+    status = run.status()
+    assert status["state"] == "cancelled" and status["completed_stages"] == ["head"]
+    assert [r["stage"] for r in run.history()][:2] == ["head", "head"]
+    assert run.model_path.exists()  # the finished head stage is kept
+
+    result = cli("--run-dir", str(run.path), "--resume", "--finetune-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert [(r["stage"], r["epoch"]) for r in run.history()] == [("head", 1), ("head", 2), ("finetune", 1)]
+    assert run.status()["state"] == "completed" and run.metrics()["test_accuracy"] >= 0

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from tlkit.config import PRESETS, Config, ConfigError, field_specs
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_resolve_and_validate(preset):
+    config = Config.from_preset(preset).validate()
+    assert config.preset == preset
+
+
+def test_seed_preset_is_the_seed_recipe():
+    config = Config.from_preset("seed")
+    assert config.model.image_size == 224 and config.model.backbone == "resnet50"
+    assert config.model.weights == "imagenet"
+    assert (config.augment.flip, config.augment.rotation > 0, config.augment.zoom > 0) == (True, True, True)
+    assert (config.head.epochs, config.head.optimizer, config.head.schedule) == (10, "adam", "exponential")
+    assert (config.finetune.epochs, config.finetune.learning_rate, config.finetune.unfreeze) == (5, 1e-5, "16")
+    assert config.model.dropout > 0 and config.model.l2 > 0 and config.precision == "auto"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model": {"dropout": 1.5}}, "model.dropout: 1.5 is outside the allowed range [0, 0.9]"),
+        ({"model": {"image_size": 16}}, "model.image_size: 16 is outside the allowed range [32, 512]"),
+        ({"head": {"schedule": "linear"}}, "head.schedule: 'linear' is not one of constant, exponential, cosine"),
+        ({"precision": "fp8"}, "precision: 'fp8' is not one of auto"),
+        ({"batch_size": 0}, "batch_size: 0 is outside the allowed range"),
+        ({"finetune": {"unfreeze": "conv5 block3"}}, "finetune.unfreeze: 'conv5 block3' is not a layer count"),
+        ({"head": {"weight_decay": 0.01}}, "head.weight_decay: decoupled weight decay needs head.optimizer='adamw'"),
+        ({"head": {"epochs": 0}, "finetune": {"epochs": 0}}, "nothing to train"),
+        ({"model": {"weights": "/no/such/file.h5"}}, "model.weights: '/no/such/file.h5' is not 'imagenet'"),
+        ({"model": {"backbone": "vgg"}}, "model.backbone: 'vgg' is not one of"),
+        ({"data": {"data_dir": "/no/such/dir"}}, "data.data_dir: '/no/such/dir' is not a directory"),
+        ({"head": {"warmup_epochs": 10}}, "head.warmup_epochs: 10.0 must be shorter than head.epochs"),
+    ],
+)
+def test_invalid_values_are_rejected_with_field_and_allowed_values(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        Config.from_preset("seed", overrides).validate()
+    assert message in str(error.value)
+
+
+def test_unknown_fields_and_wrong_types_are_rejected():
+    with pytest.raises(ConfigError, match="model.dropuot: unknown config field"):
+        Config.from_dict({"model": {"dropuot": 0.1}})
+    with pytest.raises(ConfigError, match="model.image_size: cannot read 'big' as int"):
+        Config.from_dict({"model.image_size": "big"})
+    with pytest.raises(ConfigError, match="augment.flip: expected bool"):
+        Config.from_dict({"augment": {"flip": 3}}).validate()
+
+
+def test_config_files_json_and_toml_round_trip(tmp_path):
+    config = Config.from_preset("cpu", {"model": {"dropout": 0.25}, "finetune": {"unfreeze": "conv5_block3"}})
+    json_path = tmp_path / "run.json"
+    json_path.write_text(config.to_json())
+    assert Config.from_file(json_path) == config
+    toml_path = tmp_path / "run.toml"
+    toml_path.write_text('preset = "cpu"\n[model]\ndropout = 0.25\n[finetune]\nunfreeze = "conv5_block3"\n')
+    assert Config.from_file(toml_path) == config
+    assert json.loads(config.to_json())["finetune"]["unfreeze"] == "conv5_block3"
+
+
+def test_bad_config_file_says_what_is_wrong(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        Config.from_file(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.from_file(tmp_path / "missing.toml")
+
+
+def test_every_field_has_help_and_a_unique_flag():
+    specs = field_specs()
+    flags = [spec.flag for spec in specs]
+    assert len(flags) == len(set(flags))
+    assert all(spec.help for spec in specs)
+    assert {"data-dir", "weights", "unfreeze", "head-lr", "finetune-lr", "aug-flip", "train-limit"} <= set(flags)

@@ -1,0 +1,161 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from tlkit.backbones import BackboneError, block_names, build_backbone, list_blocks, select_layers
+from tlkit.config import AugmentConfig, Config, ModelConfig, StageConfig
+from tlkit.data import load_splits
+from tlkit.layers import ImageNormalization, ImagePreparation
+from tlkit.model import backbone_of, build_classifier, unfreeze_backbone
+from tlkit.stages import StageSchedule, TrainingError, run_stage
+
+from .conftest import smoke_config
+
+
+def snapshot(layers):
+    return {f"{layer.name}/{i}": np.array(ops.convert_to_numpy(w)) for layer in layers
+            for i, w in enumerate(layer.weights)}
+
+
+def changed(before, after):
+    return {key for key in before if not np.array_equal(before[key], after[key])}
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(synthetic_data_dir):
+    config = Config.from_preset("smoke", {"data": {"data_dir": str(synthetic_data_dir),
+                                                    "train_limit": None, "test_limit": None}})
+    return load_splits(config.data, seed=0)
+
+
+def train_one_epoch(model, stage, splits, unfreeze=""):
+    run_stage(model, stage, StageConfig(epochs=1, learning_rate=1e-2), (splits.train.images, splits.train.labels),
+              None, batch_size=32, unfreeze=unfreeze, verbose=0)
+
+
+def test_head_stage_leaves_every_backbone_weight_bit_identical(tiny_splits):
+    model = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32)).model
+    backbone_before = snapshot(backbone_of(model).layers)
+    head = [model.get_layer("head_dense"), model.get_layer("head_logits")]
+    head_before = snapshot(head)
+    train_one_epoch(model, "head", tiny_splits)
+    assert changed(backbone_before, snapshot(backbone_of(model).layers)) == set()
+    assert changed(head_before, snapshot(head)) == set(head_before)
+
+
+@pytest.mark.parametrize("spec", ["conv3", "conv2_block1,conv4_block1", "30"])
+def test_finetune_trains_exactly_the_chosen_layers_and_keeps_batchnorm_frozen(tiny_splits, spec):
+    model = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32)).model
+    backbone = backbone_of(model)
+    chosen = unfreeze_backbone(model, spec)
+    before = snapshot(backbone.layers)
+    train_one_epoch(model, "finetune", tiny_splits, unfreeze=spec)
+    after = snapshot(backbone.layers)
+    batchnorm = {layer.name for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    expected = {key for key in before if key.split("/")[0] in chosen}
+    assert chosen and not set(chosen) & batchnorm
+    assert changed(before, after) == expected
+    # moving mean/variance (and gamma/beta) of every BatchNormalization layer stay as they were.
+    assert not any(key.split("/")[0] in batchnorm for key in changed(before, after))
+
+
+def test_unfreeze_last_n_layers_means_the_seed_s_last_n():
+    backbone = build_backbone("resnet50", "none", 32).model
+    selected = select_layers(backbone, "16")
+    assert [layer.name for layer in selected] == [layer.name for layer in backbone.layers[-16:]]
+    assert selected[-1].name == "conv5_block3_out" and selected[0].name == "conv5_block2_2_bn"
+
+
+def test_unfreeze_by_block_and_stage_names_on_resnet50():
+    inputs_backbone = build_backbone("resnet50", "none", 32)
+    backbone = inputs_backbone.model
+    names = lambda spec: {layer.name for layer in select_layers(backbone, spec) if layer.weights}  # noqa: E731
+    assert names("conv5_block3") == {f"conv5_block3_{k}_{t}" for k in (1, 2, 3) for t in ("conv", "bn")}
+    conv5 = names("conv5")
+    assert len(conv5) == 2 * (1 + 3 * 3) and all(n.startswith("conv5_") for n in conv5)
+    assert names("conv4_block6,conv5_block3") == names("conv4_block6") | names("conv5_block3")
+    with pytest.raises(BackboneError, match="valid blocks: conv1, conv2, conv2_block1"):
+        select_layers(backbone, "conv9")
+
+
+def test_unfreeze_excludes_batchnorm_and_reports_trainable_layers():
+    model = build_classifier(ModelConfig(backbone="resnet50", weights="none", image_size=32)).model
+    trainable = unfreeze_backbone(model, "conv5_block3")
+    assert trainable == ["conv5_block3_1_conv", "conv5_block3_2_conv", "conv5_block3_3_conv"]
+    backbone = backbone_of(model)
+    assert all(not layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert sum(int(np.prod(w.shape)) for w in backbone.trainable_weights) == sum(
+        int(np.prod(w.shape)) for name in trainable for w in backbone.get_layer(name).weights)
+
+
+def test_block_listing():
+    blocks = list_blocks("resnet50")
+    assert blocks[:3] == ["conv1", "conv2", "conv2_block1"]
+    assert {"conv5", "conv5_block3", "conv4_block6"} <= set(blocks)
+    assert block_names(build_backbone("mini_resnet", "none", 32).model) == [
+        "conv1", "conv2", "conv2_block1", "conv3", "conv3_block1", "conv4", "conv4_block1"]
+
+
+def test_caffe_normalization_matches_keras_resnet50_preprocess_input():
+    rgb = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
+    expected = keras.applications.resnet50.preprocess_input(rgb.copy())
+    got = ops.convert_to_numpy(ImageNormalization.caffe()(rgb))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_image_preparation_resizes_in_graph_and_repeats_gray():
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 28, 28, 1), dtype=np.uint8)
+    out = ops.convert_to_numpy(ImagePreparation(56)(images))
+    assert out.shape == (2, 56, 56, 3)
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    assert 0 <= out.min() and out.max() <= 255
+
+
+def test_custom_layers_round_trip_their_config():
+    for layer in (ImagePreparation(64, interpolation="nearest"), ImageNormalization.caffe(),
+                  StageSchedule(1e-3, 10, 5, "cosine", 1.0)):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+
+def test_augmentation_is_active_only_in_training():
+    config = ModelConfig(backbone="mini_resnet", weights="none", image_size=32)
+    model = build_classifier(config, AugmentConfig(flip=True, rotation=0.2, zoom=0.2, translation=0.1,
+                                                   contrast=0.3), seed=1).model
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28, 1), dtype=np.uint8)
+    augmentation = model.get_layer("augmentation")
+    prepared = model.get_layer("prepare")(images)
+    np.testing.assert_array_equal(ops.convert_to_numpy(augmentation(prepared, training=False)),
+                                  ops.convert_to_numpy(prepared))
+    assert not np.allclose(ops.convert_to_numpy(augmentation(prepared, training=True)),
+                           ops.convert_to_numpy(prepared))
+    np.testing.assert_array_equal(ops.convert_to_numpy(model(images, training=False)),
+                                  ops.convert_to_numpy(model(images, training=False)))
+
+
+def test_schedule_warmup_cosine_and_exponential():
+    cosine = StageSchedule(1e-3, steps_per_epoch=10, epochs=5, kind="cosine", warmup_epochs=1)
+    assert float(cosine(0)) == 0.0
+    assert float(cosine(5)) == pytest.approx(5e-4)
+    assert float(cosine(10)) == pytest.approx(1e-3)
+    assert float(cosine(50)) == pytest.approx(0.0, abs=1e-9)
+    exponential = StageSchedule(1e-3, steps_per_epoch=10, epochs=5, kind="exponential", decay_rate=0.5)
+    assert float(exponential(20)) == pytest.approx(2.5e-4)
+    assert float(StageSchedule(1e-3, 10, 5)(37)) == pytest.approx(1e-3)
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_splits, monkeypatch, tmp_path):
+    import tlkit.stages as stages
+
+    def nan_compile(model, config, steps_per_epoch, label_smoothing=0.0):
+        model.compile(optimizer="adam", loss=lambda y, p: ops.mean(p) * float("nan"))
+
+    monkeypatch.setattr(stages, "compile_for_stage", nan_compile)
+    model = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32)).model
+    with pytest.raises(TrainingError, match="loss became NaN/inf in stage head, epoch 1, batch 1; lower"):
+        train_one_epoch(model, "head", tiny_splits)
+
+
+def test_smoke_config_helper_builds(synthetic_data_dir, tmp_path):
+    assert smoke_config(synthetic_data_dir, tmp_path).validate().model.backbone == "mini_resnet"

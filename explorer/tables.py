@@ -17,7 +17,8 @@ frame, differing = tables.runs_table(summaries)
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import re
 from datetime import datetime
 from typing import Any
 
@@ -38,14 +39,24 @@ STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circl
                "cancelled": ":material/cancel:", "unknown": ":orange[:material/help:]"}
 
 
-@dataclasses.dataclass
 class RunSummary:
-    """What the pages need to know about one run, read once per rerun."""
+    """What the pages need to know about one run, each file read at most once per rerun.
 
-    run: runs.Run
-    status: dict
-    config: dict | None
-    metrics: dict | None
+    The status is read up front; config and metrics (which holds the confusion
+    matrix) only when asked for, so the live progress panel stays cheap.
+    """
+
+    def __init__(self, run: runs.Run):
+        self.run = run
+        self.status = run.status()
+
+    @functools.cached_property
+    def config(self) -> dict | None:
+        return self.run.config()
+
+    @functools.cached_property
+    def metrics(self) -> dict | None:
+        return self.run.metrics()
 
     @property
     def run_id(self) -> str:
@@ -111,8 +122,26 @@ class RunSummary:
         return [str(name) for name in names] if isinstance(names, list) else []
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def clean_log(text: str) -> str:
+    """Terminal output as it would look: no colour codes, progress bars collapsed to their last state."""
+    lines = []
+    for line in ANSI_ESCAPE.sub("", text).split("\n"):
+        kept: list[str] = []
+        for char in line.rsplit("\r", 1)[-1]:  # `\r` redraws the line
+            if char == "\b":
+                if kept:
+                    kept.pop()
+            else:
+                kept.append(char)
+        lines.append("".join(kept))
+    return "\n".join(lines)
+
+
 def summarise(run: runs.Run) -> RunSummary:
-    return RunSummary(run=run, status=run.status(), config=run.config(), metrics=run.metrics())
+    return RunSummary(run)
 
 
 def summarise_all(runs_dir) -> list[RunSummary]:

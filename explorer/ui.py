@@ -38,13 +38,15 @@ def backbone_names() -> list[str]:
         from tlkit import backbones
 
         return [str(name) for name in backbones.list_backbones()]
-    except (ImportError, AttributeError, TypeError):  # the core may not have (or export) it yet
+    except Exception:  # noqa: BLE001  not in the core (yet), or Keras fails to import: use the config's list
         return list(LOCAL_BACKBONES)
 
 
 @st.cache_data(show_spinner="Reading the backbone's block names…")
 def block_names(backbone: str) -> list[str] | None:
     """`tlkit.backbones.list_blocks(backbone)`; None when unavailable (a text box is shown)."""
+    if not backbone or backbone.endswith(":"):  # a keras-hub preset still being typed
+        return None
     try:
         from tlkit.backbones import list_blocks
 
@@ -241,7 +243,7 @@ def card_key(run_id: str) -> str:
     return "card-" + re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
 
 
-def run_card(summary: tables.RunSummary, cancel: bool = True) -> None:
+def run_card(summary: tables.RunSummary) -> None:
     """One run's live state: progress, current metrics, result or error, Cancel."""
     with st.container(border=True, key=card_key(summary.run_id)):
         head, action = st.columns([5, 1])
@@ -255,7 +257,7 @@ def run_card(summary: tables.RunSummary, cancel: bool = True) -> None:
             metrics = _last_metrics(summary.run.history())
             if metrics:
                 st.caption(metrics)
-            if cancel and action.button("Cancel", key=f"cancel:{summary.run_id}"):
+            if action.button("Cancel", key=f"cancel:{summary.run_id}"):
                 st.toast(launcher.cancel_run(summary.run))
         elif summary.state == "completed":
             accuracy = summary.test_accuracy
@@ -303,7 +305,7 @@ def run_details(summary: tables.RunSummary) -> None:
         st.info(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
     elif summary.error:
         st.error(f"{summary.state}: {summary.error}")
-    log = run.log_tail()
+    log = tables.clean_log(run.log_tail(8000))[-4000:]
     if log:
         st.caption("train.log (tail)")
         st.code(log, language=None)

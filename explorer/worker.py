@@ -144,6 +144,7 @@ def child_env(backend: str | None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     if backend:
         env["KERAS_BACKEND"] = backend
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keeps TensorFlow's C++ info lines out of train.log
     return env
 
 

@@ -179,6 +179,11 @@ class Config:
     runs_dir: str = option(
         "", "Where run directories go (default: $TLKIT_RUNS_DIR or ./runs)."
     )
+    feature_cache: bool = option(
+        True, "Head stage without augmentation: compute the frozen backbone's features once (cached on "
+        "disk) and train the head on them; same model, much faster.",
+    )
+    cache_dir: str = option("", "Feature cache directory (default: $TLKIT_CACHE_DIR or ~/.cache/tlkit).")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

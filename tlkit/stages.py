@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from tlkit.config import StageConfig
+from tlkit.features import FeatureCache, head_model
 from tlkit.model import freeze_backbone, unfreeze_backbone
 
 
@@ -175,8 +176,14 @@ class StageMonitor(keras.callbacks.Callback):
 
 def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *, batch_size: int,
               label_smoothing: float = 0.0, unfreeze: str = "", monitor: StageMonitor | None = None,
-              verbose: int | str = "auto") -> dict:
+              verbose: int | str = "auto", feature_cache: FeatureCache | None = None,
+              cache_identity: dict | None = None) -> dict:
     """Trains `model` for one stage and returns a summary.
+
+    With `feature_cache` (head stage only; the caller checks augmentation is
+    off), the frozen backbone's pooled features are computed once (or read
+    from the cache) and the head, which shares the model's weights, is trained
+    on them: the same training, without running the backbone every epoch.
 
     Args:
         model: the classifier from `tlkit.model.build_classifier`.
@@ -189,13 +196,28 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
         unfreeze: the finetune stage's layer spec.
         monitor: a `StageMonitor` for reports (one is made if None).
         verbose: Keras progress-bar verbosity.
+        feature_cache: where pooled features are cached; None trains the full graph.
+        cache_identity: what determines the features besides the images
+            (backbone, weights, image size, precision, versions).
 
     Raises:
         TrainingError: when the loss becomes NaN/inf.
     """
     trainable_layers = prepare_stage(model, stage, unfreeze)
+    cache_record = None
+    fit_model = model
+    if feature_cache is not None and stage == "head":
+        fit_model = head_model(model)
+        extract_batch = max(batch_size, 256)
+        train_features, train_record = feature_cache.features(model, cache_identity, train[0], extract_batch, verbose)
+        train = (train_features, train[1])
+        cache_record = {"train": train_record}
+        if val is not None:
+            val_features, cache_record["val"] = feature_cache.features(model, cache_identity, val[0],
+                                                                        extract_batch, verbose)
+            val = (val_features, val[1])
     steps_per_epoch = math.ceil(len(train[1]) / batch_size)
-    compile_for_stage(model, config, steps_per_epoch, label_smoothing)
+    compile_for_stage(fit_model, config, steps_per_epoch, label_smoothing)
     monitor = monitor or StageMonitor(stage, config.epochs)
     callbacks = [monitor]
     if config.early_stopping and val is not None:
@@ -204,7 +226,7 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     x_train, y_train = train[0], _targets(train[1], label_smoothing)
     validation = (val[0], _targets(val[1], label_smoothing)) if val is not None and len(val[1]) else None
     start = time.perf_counter()
-    history = model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
+    history = fit_model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
                         validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=True)
     seconds = time.perf_counter() - start
     if monitor.non_finite_at:
@@ -216,7 +238,7 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     epochs_run = len(history.history.get("loss", []))
     return {"stage": stage, "epochs": epochs_run, "seconds": seconds,
             "images_per_second": epochs_run * len(y_train) / seconds if seconds else None,
-            "trainable_backbone_layers": trainable_layers,
+            "trainable_backbone_layers": trainable_layers, "feature_cache": cache_record,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
 
 

@@ -31,6 +31,7 @@ from tlkit import runs
 from tlkit.config import Config
 from tlkit.data import Splits, load_splits
 from tlkit.evaluate import classification_report, misclassified
+from tlkit.features import FeatureCache, head_model
 from tlkit.model import build_classifier
 from tlkit.stages import EpochReport, StageMonitor, run_stage
 
@@ -97,13 +98,21 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     splits = load_splits(config.data, config.seed)
     run.update_status(stage="model", data_sizes={"train": len(splits.train), "val": len(splits.val),
                                                  "test": len(splits.test)})
+    weights_id = None
     if completed and run.model_path.exists():
         model = run.load_model()
         run.write_history([row for row in run.history() if row["stage"] in completed])
     else:
         completed.clear()
         run.write_history([])
-        model = build_classifier(config.model, config.augment, config.seed).model
+        classifier = build_classifier(config.model, config.augment, config.seed)
+        model, weights_id = classifier.model, classifier.backbone.weights_id
+    # Features of the frozen backbone can be cached when nothing random sits in front of it.
+    feature_cache = None
+    if config.feature_cache and not config.augment.enabled and weights_id is not None:
+        feature_cache = FeatureCache(config.cache_dir or None)
+    cache_identity = {"backbone": config.model.backbone, "weights": weights_id, "image_size": config.model.image_size,
+                      "precision": precision, "backend": keras.backend.backend(), "keras": keras.__version__}
 
     total_epochs = sum(getattr(config, stage).epochs for stage in STAGES)
     summaries: dict[str, dict] = {}
@@ -119,6 +128,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
             (splits.val.images, splits.val.labels) if len(splits.val) else None,
             batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
             unfreeze=getattr(stage_config, "unfreeze", ""), monitor=monitor, verbose=verbose,
+            feature_cache=feature_cache if stage == "head" else None, cache_identity=cache_identity,
         )
         if _cancel_requested.is_set():
             raise RunCancelled("SIGTERM")
@@ -127,7 +137,9 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         run.update_status(completed_stages=list(completed))
 
     run.update_status(stage="evaluate", progress=0.98)
-    metrics = _evaluate(model, splits, run, config.batch_size)
+    backbone_unchanged = feature_cache is not None and completed == ["head"]
+    metrics = _evaluate(model, splits, run, config.batch_size,
+                        (feature_cache, cache_identity) if backbone_unchanged else None, verbose)
     metrics.update(
         backend=keras.backend.backend(), precision=precision, versions=_versions(), device=_device(),
         seconds={**{s: round(v["seconds"], 2) for s, v in summaries.items()},
@@ -138,6 +150,9 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
                 for s, v in summaries.items()},
         data_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         data_fingerprint=splits.fingerprint(),
+        feature_cache={"used": feature_cache is not None and "head" in summaries,
+                       **({"head": summaries["head"]["feature_cache"]} if "head" in summaries else {}),
+                       **({"test": metrics.pop("test_feature_cache")} if "test_feature_cache" in metrics else {})},
     )
     run.write_metrics(metrics)
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],
@@ -164,16 +179,26 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
                         should_stop=_cancel_requested.is_set)
 
 
-def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int) -> dict:
+def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int, cached=None,
+              verbose="auto") -> dict:
+    """Test-set metrics; with `cached` (backbone untouched since caching), from cached features."""
     start = time.perf_counter()
-    probabilities = np.asarray(model.predict(splits.test.images, batch_size=batch_size, verbose=0),
-                               dtype=np.float64)
+    record = None
+    if cached:
+        cache, identity = cached
+        features, record = cache.features(model, identity, splits.test.images, max(batch_size, 256), verbose)
+        probabilities = head_model(model).predict(features, batch_size=batch_size, verbose=0)
+    else:
+        probabilities = model.predict(splits.test.images, batch_size=batch_size, verbose=0)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
     seconds = time.perf_counter() - start
     report = classification_report(splits.test.labels, probabilities, splits.class_names)
     wrong = misclassified(splits.test.labels, probabilities)
     run.write_misclassified(index=splits.test.indices[wrong["position"]], true=wrong["true"],
                             predicted=wrong["predicted"], confidence=wrong["confidence"],
                             images=splits.test.images[wrong["position"], ..., 0])
+    if record:
+        report["test_feature_cache"] = record
     report["evaluate_seconds"] = round(seconds, 2)
     report["evaluate_images_per_second"] = len(splits.test) / seconds if seconds else None
     return report
@@ -190,8 +215,19 @@ def resolve_precision(precision: str) -> str:
     """`auto` → mixed_float16 when a GPU is visible, else float32."""
     if precision != "auto":
         return precision
-    devices = [d.lower() for d in keras.distribution.list_devices()]
+    devices = [d.lower() for d in list_devices()]
     return "mixed_float16" if any(d.startswith(("gpu", "cuda")) for d in devices) else "float32"
+
+
+def list_devices() -> list[str]:
+    """Devices of the current backend, e.g. `["cpu:0"]` or `["gpu:0", "gpu:1"]`."""
+    if keras.backend.backend() != "torch":
+        return list(keras.distribution.list_devices())
+    # Backend-specific helper: Keras' list_devices is not implemented for torch.
+    import torch
+
+    gpus = [f"gpu:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return gpus or ["cpu:0"]
 
 
 @contextlib.contextmanager
@@ -233,5 +269,5 @@ def _versions() -> dict:
 
 
 def _device() -> dict:
-    return {"devices": keras.distribution.list_devices(), "platform": platform.platform(),
+    return {"devices": list_devices(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}

@@ -27,7 +27,7 @@ for summary in chosen:
     if summary.state in ("failed", "unknown") or (summary.error and summary.state != "cancelled"):
         reason = summary.error or "no error recorded"
         with st.expander(f":orange[:material/warning:] {summary.run_id} is {summary.state}: {reason}"):
-            st.code(summary.run.log_tail() or "(no train.log)", language=None)
+            st.code(tables.clean_log(summary.run.log_tail()) or "(no train.log)", language=None)
 
 curves_tab, confusion_tab, per_class_tab, params_tab = st.tabs(
     [":material/show_chart: Curves", ":material/grid_on: Confusion & mistakes",

@@ -40,7 +40,7 @@ st.caption(f"{len(shown)} of {len(summaries)} runs. "
 selection_default = {"selection": {"rows": [i for i, s in enumerate(shown)
                                             if s.run_id in st.session_state.get("compare_ids", [])]}}
 event = st.dataframe(styled, key="runs:table", on_select="rerun", selection_mode="multi-row",
-                     hide_index=True, selection_default=selection_default)
+                     hide_index=True, selection_default=selection_default, placeholder="")
 picked = [shown[i].run_id for i in event.selection.rows if i < len(shown)]
 if picked:
     st.session_state["compare_ids"] = picked

@@ -3,8 +3,8 @@
 Starts `streamlit run explorer -- --runs-dir <tmp>` and drives it with
 Playwright. By default the runs are real `python -m tlkit.train` smoke runs
 (tiny backbone, ~20 s each on 2 CPU cores) when the Fashion-MNIST files are
-found (`$TLKIT_TEST_DATA_DIR`, or `../shared/data/fashion-mnist` next to the
-repo); otherwise, or with `TLKIT_EXPLORER_E2E_TRAINER=fake`, the queue runs
+found (`$TLKIT_TEST_DATA_DIR`, or `data/fashion-mnist` in `$TLKIT_SHARED_DIR`,
+default `../shared` next to the repo); otherwise, or with `TLKIT_EXPLORER_E2E_TRAINER=fake`, the queue runs
 `tests/explorer/fake_trainer.py`. Screenshots of the main views go to `docs/img/`.
 """
 
@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_TRAINER
+from explorer_fixtures import FAKE_TRAINER
 
 from explorer import launcher, ui, worker
 from tlkit import runs
@@ -36,8 +36,8 @@ RUN_TIMEOUT_MS = 150_000  # one real smoke run: ~20 s here; generous for slow CI
 
 
 def find_data_dir() -> Path | None:
-    candidates = [os.environ.get("TLKIT_TEST_DATA_DIR"), REPO.parent / "shared" / "data" / "fashion-mnist",
-                  REPO / "shared" / "data" / "fashion-mnist"]
+    shared = Path(os.environ.get("TLKIT_SHARED_DIR", REPO.parent / "shared"))  # as tests/conftest.py
+    candidates = [os.environ.get("TLKIT_TEST_DATA_DIR"), shared / "data" / "fashion-mnist"]
     for candidate in filter(None, candidates):
         if (Path(candidate) / "t10k-labels-idx1-ubyte.gz").exists():
             return Path(candidate)
@@ -252,6 +252,17 @@ def test_launch_watch_cancel_and_compare(page, explorer):
     page.get_by_text("Misclassified test images", exact=True).scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     shot(page, "gallery.png")
+
+    page.get_by_role("tab", name="Per class").click()
+    page.locator('[data-testid="stPlotlyChart"]', has_text="Precision").locator(".main-svg").first.wait_for()
+    page.wait_for_timeout(800)
+    shot(page, "per_class.png")
+    page.get_by_role("tab", name="Hyperparameters").click()
+    parallel = page.locator(".js-plotly-plot .parcoords").first
+    parallel.wait_for()
+    assert "model.head_units" in svg_texts(page.locator(".js-plotly-plot .parcoords text"))
+    page.wait_for_timeout(800)
+    shot(page, "hyperparameters.png")
 
     # ---- Runs table: all three runs, the cancelled one included ----
     page.get_by_role("link", name="Runs").click()

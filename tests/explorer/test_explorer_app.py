@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import APP
+from explorer_fixtures import APP
 from streamlit.testing.v1 import AppTest
 
 from explorer import forms, launcher, ui
@@ -243,3 +243,11 @@ def test_empty_runs_dir_shows_hints(runs_dir, no_worker):
     assert any("No runs in" in info.value for info in at.info)
     at.switch_page("views/compare.py").run()
     assert any("No runs in" in info.value for info in at.info)
+
+
+def test_sidebar_restarts_a_worker_for_waiting_runs(runs_dir, no_worker):
+    launcher.queue_run(runs_dir, forms.build_config(forms.preset_values("smoke")), backend="jax")
+    at = app().run()
+    assert any("1 queued" in caption.value and "no worker" in caption.value for caption in at.sidebar.caption)
+    at.sidebar.button(key="start-worker").click().run()
+    assert len(no_worker) == 1

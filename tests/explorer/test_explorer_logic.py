@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_completed, make_corrupt, make_failed
+from explorer_fixtures import make_completed, make_corrupt, make_failed
 
 from explorer import figures, forms, session, tables
 from tlkit.config import Config, ConfigError, field_specs
@@ -168,3 +168,8 @@ def test_misclassified_subset_filters_and_orders():
     assert figures.misclassified_subset(data, true=1, predicted=2) == [3, 0]
     assert figures.misclassified_subset(None) == []
     assert figures.enlarge(np.ones((28, 28, 1), np.uint8)).shape == (84, 84)
+
+
+def test_clean_log_collapses_progress_bars():
+    raw = "Epoch 1/2\n\x1b[1m 1/29\x1b[0m ━━ 1s/step\r\x1b[1m29/29\x1b[0m ━━━━ done\nab\b\bok\n"
+    assert tables.clean_log(raw) == "Epoch 1/2\n29/29 ━━━━ done\nok\n"

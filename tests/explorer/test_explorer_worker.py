@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from conftest import FAKE_TRAINER
+from explorer_fixtures import FAKE_TRAINER
 from fake_trainer import EVENTS_FILE
 
 from explorer import launcher, worker

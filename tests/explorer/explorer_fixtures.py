@@ -1,0 +1,50 @@
+"""Fixture run directories, written through `tlkit.runs` like the trainer would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import fake_trainer  # noqa: E402
+
+from tlkit import runs  # noqa: E402
+from tlkit.config import Config  # noqa: E402
+
+FAKE_TRAINER = Path(fake_trainer.__file__).resolve()
+APP = Path(__file__).resolve().parents[2] / "explorer" / "streamlit_app.py"
+
+
+def make_completed(runs_dir: Path, name: str, seed: int = 0, **overrides) -> runs.Run:
+    config = Config.from_preset("smoke", overrides).replace(name=name)
+    run = runs.create_run(runs_dir, name, state="queued")
+    run.write_config(config.to_dict())
+    for row in fake_trainer.history_rows(config.head.epochs, config.finetune.epochs, seed=seed):
+        run.append_history(row)
+    metrics, misclassified = fake_trainer.fake_results(seed=seed, skill=0.7 + 0.05 * seed)
+    run.write_metrics(metrics)
+    run.write_misclassified(**misclassified)
+    run.update_status(state="completed", stage="done", epoch=1, epochs=1, progress=1.0, backend="jax",
+                      started_at="2026-01-01T10:00:00+00:00", finished_at="2026-01-01T10:00:30+00:00")
+    return run
+
+
+def make_failed(runs_dir: Path, name: str = "oom") -> runs.Run:
+    run = runs.create_run(runs_dir, name, state="queued")
+    run.write_config(Config.from_preset("smoke").replace(name=name).to_dict())
+    run.append_history({"stage": "head", "epoch": 1, "loss": 2.0, "accuracy": 0.3, "val_loss": 2.1,
+                        "val_accuracy": 0.28, "lr": 1e-3, "seconds": 2.0})
+    run.update_status(state="failed", stage="head", error="ResourceExhaustedError: out of memory (fixture)")
+    run.file(runs.LOG_FILE).write_text("epoch 1/2\nTraceback (most recent call last):\n  ...\n"
+                                       "ResourceExhaustedError: out of memory (fixture)\n")
+    return run
+
+
+def make_corrupt(runs_dir: Path) -> runs.Run:
+    run = runs.create_run(runs_dir, "corrupt", state="queued")
+    run.file(runs.STATUS_FILE).write_text("{ this is not json")
+    run.file(runs.CONFIG_FILE).write_text("[1, 2")
+    run.file(runs.METRICS_FILE).write_text("garbage")
+    return run

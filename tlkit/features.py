@@ -1,0 +1,113 @@
+"""Frozen-stage feature cache: run the frozen backbone once, train the head on its output.
+
+With the backbone frozen (inference mode) and no augmentation, every epoch of
+the head stage feeds the backbone the same images and gets the same pooled
+features back. Computing them once and training the head on them gives the
+same model at a fraction of the cost. Features are cached on disk, keyed by
+everything that determines them (backbone, weights, image size, precision,
+Keras version and the exact images), so repeated runs and sweeps reuse them.
+
+Example:
+
+```python
+from tlkit.features import FeatureCache, head_model, pooled_feature_model
+
+extractor = pooled_feature_model(model)          # uint8 images -> pooled backbone features
+head = head_model(model)                          # pooled features -> probabilities (shared weights)
+cache = FeatureCache()                            # $TLKIT_CACHE_DIR or ~/.cache/tlkit
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tlkit.runs import write_atomic
+
+HEAD_LAYERS = ("head_dense", "head_dropout", "head_logits", "probabilities")
+POOL_LAYER = "head_pool"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TLKIT_CACHE_DIR") or Path.home() / ".cache" / "tlkit")
+
+
+def pooled_feature_model(model: keras.Model) -> keras.Model:
+    """The classifier up to global average pooling (augmentation is inactive at inference)."""
+    return keras.Model(model.input, model.get_layer(POOL_LAYER).output, name="pooled_features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The classifier's head as a model on pooled features, sharing the classifier's weights."""
+    features = keras.Input(model.get_layer(POOL_LAYER).output.shape[1:], name="pooled_features")
+    x = features
+    for name in HEAD_LAYERS:
+        x = model.get_layer(name)(x)
+    return keras.Model(features, x, name="head")
+
+
+def extract_features(model: keras.Model, images: np.ndarray, batch_size: int, verbose="auto") -> np.ndarray:
+    """Pooled backbone features of `images` as float32, computed in batches."""
+    if len(images) == 0:
+        return np.zeros((0, model.get_layer(POOL_LAYER).output.shape[-1]), dtype="float32")
+    extractor = pooled_feature_model(model)
+    return np.asarray(extractor.predict(images, batch_size=batch_size, verbose=verbose), dtype="float32")
+
+
+class FeatureCache:
+    """Pooled features on disk, one `.npy` per (model identity, image set).
+
+    Args:
+        directory: cache root; default `$TLKIT_CACHE_DIR` or `~/.cache/tlkit`.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory).expanduser() if directory else default_cache_dir()
+
+    @staticmethod
+    def key(identity: dict, images: np.ndarray) -> str:
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+        digest.update(str(images.shape).encode())
+        digest.update(np.ascontiguousarray(images).tobytes())
+        return digest.hexdigest()[:24]
+
+    def path(self, key: str) -> Path:
+        return self.directory / "features" / f"{key}.npy"
+
+    def load(self, key: str) -> np.ndarray | None:
+        try:
+            return np.load(self.path(key), allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # missing or corrupt: recompute
+
+    def store(self, key: str, features: np.ndarray) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, features, allow_pickle=False)
+        write_atomic(path, buffer.getvalue())
+
+    def features(self, model: keras.Model, identity: dict, images: np.ndarray, batch_size: int,
+                 verbose="auto") -> tuple[np.ndarray, dict]:
+        """Cached features of `images` (computed and stored on a miss) and a record of what happened."""
+        key = self.key(identity, images)
+        start = time.perf_counter()
+        cached = self.load(key)
+        if cached is not None and cached.shape[0] == len(images):
+            return cached, {"key": key, "hit": True, "seconds": round(time.perf_counter() - start, 3)}
+        features = extract_features(model, images, batch_size, verbose)
+        try:
+            self.store(key, features)
+            stored = True
+        except OSError:
+            stored = False  # a read-only or full disk only costs the reuse, not the run
+        return features, {"key": key, "hit": False, "stored": stored,
+                          "seconds": round(time.perf_counter() - start, 3)}

@@ -108,7 +108,7 @@ def _render_unfreeze(widget: forms.WidgetSpec, backbone: str) -> str:
     blocks = block_names(backbone)
     if not blocks:
         return st.text_input("Block name prefixes", key=wkey(widget.key, "text"),
-                             placeholder="conv5 or conv4,conv5_block3",
+                             placeholder="conv5 or conv5_block3",
                              help="The backbone's block list is unavailable; type prefixes.").strip()
     current = st.session_state.get(wkey(widget.key, "block")) or ""
     options = blocks if current in blocks or not current else [current, *blocks]

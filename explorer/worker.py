@@ -133,7 +133,8 @@ def train_command(run_dir: Path, train_cmd: str | list[str] | None = None) -> li
     elif train_cmd:
         base = list(train_cmd)
     else:
-        base = [sys.executable, "-m", "tlkit.train"]
+        # One line per epoch: progress-bar redraws would fill train.log.
+        base = [sys.executable, "-m", "tlkit.train", "--verbose", "2"]
     return [*base, "--run-dir", str(run_dir)]
 
 
@@ -178,7 +179,8 @@ def claim_next(runs_dir: Path, train_cmd=None) -> tuple[runs.Run, subprocess.Pop
 
 def finish(run: runs.Run, returncode: int) -> dict:
     """Gives a run a final state if its trainer died without writing one."""
-    status = run.update_status(exit_code=returncode)
+    run.update_status(exit_code=returncode)
+    status = run.status(raw=True)
     if status.get("state") in runs.FINAL_STATES:
         return status
     if returncode == -signal.SIGTERM:

@@ -1,9 +1,10 @@
 """Real Fashion-MNIST and real ImageNet weights (from ../shared; CI fails instead of skipping).
 
-The accuracy check is a short head-only run (3,000 training images, 32 px, 6 epochs, cached
-features) with the ImageNet weights against the same run with random weights. Calibration (torch):
-correct ≈ 0.80, random weights ≈ 0.63, ImageNet weights with pixels/255 ≈ 0.53, with torchvision
-mean/std normalisation ≈ 0.75: the thresholds below reject all of the wrong variants.
+The accuracy check is a short head-only run (2,000 training images, 32 px, 3 epochs, cached
+features) with the ImageNet weights against the same run with random weights. Calibration on this
+2-core machine: correct preprocessing 0.764 (jax), 0.792 (tensorflow), 0.767 (torch); random
+weights 0.44-0.53; ImageNet weights with pixels/255 0.527 and with torchvision mean/std
+normalisation 0.721 (torch). The thresholds below pass the first and reject all the others.
 """
 
 import numpy as np
@@ -34,9 +35,9 @@ def short_real_run(data_dir, weights, tmp_path):
     config = tlkit.Config.from_dict({
         "runs_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "precision": "float32",
         "batch_size": 64, "seed": 42,
-        "data": {"data_dir": str(data_dir), "train_limit": 3000, "test_limit": 1000},
+        "data": {"data_dir": str(data_dir), "train_limit": 2000, "test_limit": 1000},
         "model": {"backbone": "resnet50", "weights": str(weights), "image_size": 32, "dropout": 0.2},
-        "head": {"epochs": 6, "learning_rate": 1e-3},
+        "head": {"epochs": 3, "learning_rate": 1e-3},
         "finetune": {"epochs": 0},
     })
     return tlkit.train(config, verbose=0)
@@ -49,5 +50,5 @@ def test_imagenet_weights_beat_random_weights_on_real_data(real_data_dir, real_w
     baseline = random_init.metrics()["test_accuracy"]
     print(f"ImageNet weights: {accuracy:.4f}, random weights: {baseline:.4f}")
     assert pretrained.metrics()["feature_cache"]["used"]
-    assert accuracy >= 0.77, accuracy
-    assert accuracy >= baseline + 0.12, (accuracy, baseline)
+    assert accuracy >= 0.745, accuracy
+    assert accuracy >= baseline + 0.15, (accuracy, baseline)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import keras
 
+from tlkit.config import LOCAL_BACKBONES
 from tlkit.layers import ImageNormalization
 
 KERAS_HUB_PREFIX = "keras_hub:"
@@ -73,6 +74,11 @@ def build_backbone(name: str, weights: str = "imagenet", image_size: int = 224) 
     if name.startswith(KERAS_HUB_PREFIX):
         return _keras_hub(name[len(KERAS_HUB_PREFIX):], weights, image_size)
     raise BackboneError(f"unknown backbone {name!r}; use resnet50, mini_resnet or keras_hub:<preset>")
+
+
+def list_backbones() -> list[str]:
+    """Backbone names `build_backbone` knows without a preset (keras-hub presets come on top)."""
+    return list(LOCAL_BACKBONES)
 
 
 def _resnet50(weights: str, image_size: int) -> Backbone:
@@ -203,28 +209,25 @@ def list_blocks(name: str = "resnet50") -> list[str]:
 
 
 def select_layers(model: keras.Model, spec: str) -> list[keras.layers.Layer]:
-    """The backbone layers `spec` names: the last N (`"16"`) or block prefixes.
+    """The backbone layers `spec` unfreezes: the last N (`"16"`) or a depth by name.
 
     Args:
         model: the backbone model.
-        spec: a layer count or comma-separated block/stage names (`"conv5"`,
-            `"conv4_block6,conv5"`); a name matches itself and `name_*` layers.
+        spec: a layer count, or a stage/block name (`"conv4"`, `"conv5_block3"`):
+            that block's first layer and every layer after it, so `conv4`
+            unfreezes conv4 and conv5.
 
     Raises:
-        BackboneError: if a name matches no layer (the message lists valid names).
+        BackboneError: if the name matches no layer (the message lists valid names).
     """
     spec = spec.strip()
     layers = model.layers[1:] if isinstance(model.layers[0], keras.layers.InputLayer) else model.layers
     if spec.isdigit():
         count = int(spec)
         return layers[-count:] if count else []
-    selected = []
-    for prefix in (part.strip() for part in spec.split(",")):
-        matches = [layer for layer in layers if layer.name == prefix or layer.name.startswith(f"{prefix}_")]
-        if not matches:
-            raise BackboneError(
-                f"--unfreeze {prefix!r} matches no layer of {model.name}; "
-                f"valid blocks: {', '.join(block_names(model))}"
-            )
-        selected += [layer for layer in matches if layer not in selected]
-    return selected
+    for position, layer in enumerate(layers):
+        if layer.name == spec or layer.name.startswith(f"{spec}_"):
+            return layers[position:]
+    raise BackboneError(
+        f"--unfreeze {spec!r} matches no layer of {model.name}; valid blocks: {', '.join(block_names(model))}"
+    )

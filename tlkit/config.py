@@ -54,7 +54,7 @@ BACKBONE_CHOICES_HELP = (
     "'resnet50' (keras.applications), 'mini_resnet' (tiny, random init, for smoke tests) "
     "or 'keras_hub:<preset name or local preset dir>'"
 )
-UNFREEZE_PATTERN = re.compile(r"^(\d+|[A-Za-z][\w]*)(,[A-Za-z][\w]*)*$")
+UNFREEZE_PATTERN = re.compile(r"^(\d+|[A-Za-z]\w*)$")
 
 
 @dataclasses.dataclass
@@ -156,8 +156,8 @@ class FinetuneStageConfig(StageConfig):
 
     unfreeze: str = option(
         "16",
-        "What to unfreeze: the last N layers ('16') or block/stage name prefixes "
-        "('conv5', 'conv5_block3', 'conv4,conv5').",
+        "What to unfreeze: the last N layers ('16') or a depth by block/stage name: that block and "
+        "every layer after it ('conv5_block3', 'conv5', 'conv4' = conv4 and conv5).",
         bare=True,
     )
 
@@ -242,7 +242,7 @@ class Config:
         if self.finetune.epochs and not UNFREEZE_PATTERN.match(self.finetune.unfreeze.strip()):
             raise ConfigError(
                 f"finetune.unfreeze: {self.finetune.unfreeze!r} is not a layer count ('16') "
-                "or comma-separated block names ('conv5', 'conv4,conv5_block3')"
+                "or one block/stage name ('conv5', 'conv5_block3')"
             )
         if self.head.epochs == 0 and self.finetune.epochs == 0:
             raise ConfigError("head.epochs / finetune.epochs: both stages have 0 epochs; nothing to train")

@@ -140,12 +140,17 @@ class Run:
         """The resolved config as a nested dict (see `tlkit.config.Config.from_dict`)."""
         return _read_json(self.file(CONFIG_FILE))
 
-    def status(self) -> dict:
-        """The status dict; `{"state": "unknown", "error": ...}` when unreadable."""
+    def status(self, raw: bool = False) -> dict:
+        """The status dict; `{"state": "unknown", "error": ...}` when unreadable.
+
+        Args:
+            raw: return the file as written, without turning a `running` state
+                whose process is gone into `failed`.
+        """
         status = _read_json(self.file(STATUS_FILE))
         if status is None:
             return {"state": "unknown", "error": f"{STATUS_FILE} is missing or unreadable"}
-        if status.get("state") == "running" and not _pid_alive(status.get("pid")):
+        if not raw and status.get("state") == "running" and not _pid_alive(status.get("pid")):
             # The process died without writing a final state (killed, machine reboot).
             status = {**status, "state": "failed", "error": status.get("error")
                       or "the training process ended without finishing (killed?)"}

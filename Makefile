@@ -1,0 +1,54 @@
+# Fresh-machine entry points (see README.md):
+#   make demo   set up .venv and run a short real training (then `make explorer` to look at it)
+#   make test   set up .venv and run ruff + the test suite under tensorflow, jax and torch
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+BACKENDS ?= tensorflow jax torch
+
+# Use the offline copies in ../shared when they are there; otherwise Keras downloads.
+DATA_DIR ?= $(wildcard $(SHARED)/data/fashion-mnist)
+WEIGHTS ?= $(or $(wildcard $(SHARED)/weights/resnet50_imagenet_notop.weights.h5),imagenet)
+DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+.PHONY: setup demo test lint test-core test-explorer explorer browser clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first: with torch already present, the [torch] extra installs nothing more.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[jax,torch,explorer,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(BIN)/python -m tlkit.train --preset cpu $(DATA_FLAG) \
+		--weights $(WEIGHTS) --train-limit 6000 --test-limit 2000 --head-epochs 5 --finetune-epochs 1 \
+		--name demo
+
+explorer: setup
+	$(BIN)/streamlit run explorer
+
+browser:
+	scripts/install-browser.sh
+
+lint: setup
+	$(BIN)/ruff check tlkit explorer tests benchmarks
+
+test-core: setup
+	for backend in $(BACKENDS); do \
+		echo "== tests under KERAS_BACKEND=$$backend"; \
+		KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q --ignore=tests/explorer || exit 1; \
+	done
+
+# The explorer never imports a backend for training (it launches the CLI), so it runs once.
+test-explorer: setup browser
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/explorer
+
+test: lint test-core test-explorer
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -183,6 +183,14 @@ class Config:
         True, "Head stage without augmentation: compute the frozen backbone's features once (cached on "
         "disk) and train the head on them; same model, much faster.",
     )
+    boundary_cache: bool = option(
+        True, "Finetune stage without augmentation: keep the frozen part's output (the activations at the "
+        "freeze boundary, in 16-bit floats) in memory and run only the unfrozen layers each epoch.",
+    )
+    cache_memory_gb: float = option(
+        8.0, "Host memory budget for the boundary cache (GB); larger caches are refused with a message.",
+        min=0.001, max=1024.0,
+    )
     cache_dir: str = option("", "Feature cache directory (default: $TLKIT_CACHE_DIR or ~/.cache/tlkit).")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -34,6 +34,8 @@ from tlkit.layers import ImagePreparation
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)
 BACKBONE_LAYER = "backbone"
+PREPARE_LAYER = "prepare"
+NORMALIZATION_LAYER = "preprocessing"
 
 
 @dataclasses.dataclass
@@ -71,10 +73,11 @@ def build_classifier(model_config: ModelConfig, augment_config: AugmentConfig | 
     backbone = build_backbone(model_config.backbone, model_config.weights, model_config.image_size)
     backbone.model.name = BACKBONE_LAYER
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
-    x = ImagePreparation(model_config.image_size, name="prepare")(inputs)
+    x = ImagePreparation(model_config.image_size, name=PREPARE_LAYER)(inputs)
     augmentation = build_augmentation(augment_config or AugmentConfig(), seed)
     if augmentation is not None:
         x = augmentation(x)
+    backbone.normalization.name = NORMALIZATION_LAYER
     x = backbone.normalization(x)
     features = backbone.model(x)
     outputs = build_head(model_config, features)

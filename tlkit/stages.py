@@ -26,9 +26,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from tlkit.backbones import select_layers
+from tlkit.boundary import split_at_boundary
 from tlkit.config import StageConfig
 from tlkit.features import FeatureCache, head_model
-from tlkit.model import freeze_backbone, unfreeze_backbone
+from tlkit.model import backbone_of, freeze_backbone, unfreeze_backbone
 
 
 class TrainingError(RuntimeError):
@@ -177,13 +179,17 @@ class StageMonitor(keras.callbacks.Callback):
 def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *, batch_size: int,
               label_smoothing: float = 0.0, unfreeze: str = "", monitor: StageMonitor | None = None,
               verbose: int | str = "auto", feature_cache: FeatureCache | None = None,
-              cache_identity: dict | None = None) -> dict:
+              cache_identity: dict | None = None, boundary_budget_bytes: int | None = None,
+              seed: int | None = None) -> dict:
     """Trains `model` for one stage and returns a summary.
 
     With `feature_cache` (head stage only; the caller checks augmentation is
     off), the frozen backbone's pooled features are computed once (or read
     from the cache) and the head, which shares the model's weights, is trained
     on them: the same training, without running the backbone every epoch.
+    With `boundary_budget_bytes` (finetune stage; augmentation off), the frozen
+    part's activations are computed once and only the unfrozen layers run
+    each epoch (see `tlkit.boundary`), if they fit the budget.
 
     Args:
         model: the classifier from `tlkit.model.build_classifier`.
@@ -199,6 +205,9 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
         feature_cache: where pooled features are cached; None trains the full graph.
         cache_identity: what determines the features besides the images
             (backbone, weights, image size, precision, versions).
+        boundary_budget_bytes: host memory allowed for the boundary cache; None: off.
+        seed: reseeds all random generators right before fitting, so the batch order is the
+            same with and without caches (cache extraction consumes torch's global RNG).
 
     Raises:
         TrainingError: when the loss becomes NaN/inf.
@@ -216,6 +225,9 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
             val_features, cache_record["val"] = feature_cache.features(model, cache_identity, val[0],
                                                                         extract_batch, verbose)
             val = (val_features, val[1])
+    if boundary_budget_bytes is not None and stage == "finetune" and trainable_layers:
+        fit_model, train, val, cache_record = _boundary_inputs(model, unfreeze, train, val, batch_size,
+                                                               boundary_budget_bytes, verbose)
     steps_per_epoch = math.ceil(len(train[1]) / batch_size)
     compile_for_stage(fit_model, config, steps_per_epoch, label_smoothing)
     monitor = monitor or StageMonitor(stage, config.epochs)
@@ -225,6 +237,8 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
                                                        restore_best_weights=True))
     x_train, y_train = train[0], _targets(train[1], label_smoothing)
     validation = (val[0], _targets(val[1], label_smoothing)) if val is not None and len(val[1]) else None
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     history = fit_model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
                         validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=True)
@@ -238,8 +252,31 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     epochs_run = len(history.history.get("loss", []))
     return {"stage": stage, "epochs": epochs_run, "seconds": seconds,
             "images_per_second": epochs_run * len(y_train) / seconds if seconds else None,
-            "trainable_backbone_layers": trainable_layers, "feature_cache": cache_record,
+            "trainable_backbone_layers": trainable_layers, "cache": cache_record,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
+
+
+def _boundary_inputs(model, unfreeze, train, val, batch_size, budget_bytes, verbose):
+    """The finetune stage's model and inputs with the boundary cache, or the full ones if it won't fit."""
+    first_unfrozen = select_layers(backbone_of(model), unfreeze)[0].name
+    split = split_at_boundary(model, first_unfrozen)
+    count = len(train[1]) + (len(val[1]) if val is not None else 0)
+    needed = split.estimate_bytes(count)
+    record = {"boundary": first_unfrozen, "bytes": needed,
+              "shapes": [list(t.shape[1:]) for t in split.frozen_model.outputs]}
+    if needed > budget_bytes:
+        reason = (f"the boundary cache needs {needed / 1e9:.3g} GB for {count} images, over the "
+                  f"{budget_bytes / 1e9:.3g} GB budget; running the full graph instead (raise --cache-memory-gb, "
+                  "lower --image-size or unfreeze less to use it)")
+        print(f"note: {reason}", flush=True)
+        return model, train, val, {**record, "used": False, "reason": reason}
+    start = time.perf_counter()
+    extract_batch = max(batch_size, 256)
+    train = (split.compute(train[0], extract_batch, verbose), train[1])
+    if val is not None:
+        val = (split.compute(val[0], extract_batch, verbose), val[1])
+    record.update(used=True, seconds=round(time.perf_counter() - start, 3))
+    return split.train_model, train, val, record
 
 
 def _targets(labels: np.ndarray, label_smoothing: float) -> np.ndarray:

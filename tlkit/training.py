@@ -111,6 +111,8 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     feature_cache = None
     if config.feature_cache and not config.augment.enabled and weights_id is not None:
         feature_cache = FeatureCache(config.cache_dir or None)
+    boundary_budget = (int(config.cache_memory_gb * 1e9)
+                       if config.boundary_cache and not config.augment.enabled else None)
     cache_identity = {"backbone": config.model.backbone, "weights": weights_id, "image_size": config.model.image_size,
                       "precision": precision, "backend": keras.backend.backend(), "keras": keras.__version__}
 
@@ -129,6 +131,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
             batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
             unfreeze=getattr(stage_config, "unfreeze", ""), monitor=monitor, verbose=verbose,
             feature_cache=feature_cache if stage == "head" else None, cache_identity=cache_identity,
+            boundary_budget_bytes=boundary_budget, seed=config.seed + STAGES.index(stage),
         )
         if _cancel_requested.is_set():
             raise RunCancelled("SIGTERM")
@@ -151,8 +154,10 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         data_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         data_fingerprint=splits.fingerprint(),
         feature_cache={"used": feature_cache is not None and "head" in summaries,
-                       **({"head": summaries["head"]["feature_cache"]} if "head" in summaries else {}),
+                       **({"head": summaries["head"]["cache"]} if "head" in summaries else {}),
                        **({"test": metrics.pop("test_feature_cache")} if "test_feature_cache" in metrics else {})},
+        boundary_cache=(summaries["finetune"]["cache"] or {"used": False}) if "finetune" in summaries
+        else {"used": False},
     )
     run.write_metrics(metrics)
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],

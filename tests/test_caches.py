@@ -1,0 +1,72 @@
+"""Feature cache (head stage) and boundary cache (finetune stage) train the same model, faster."""
+
+import numpy as np
+import pytest
+
+import tlkit
+from tlkit.data import load_splits
+
+from .conftest import smoke_config
+
+
+def predictions(run):
+    config = tlkit.Config.from_dict(run.config())
+    splits = load_splits(config.data, config.seed)
+    return run.load_model().predict(splits.test.images, verbose=0)
+
+
+def test_feature_cache_gives_the_same_model_and_is_reused(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
+                          model={"dropout": 0.0}, head={"epochs": 3, "learning_rate": 3e-2}, finetune={"epochs": 0})
+    cached = tlkit.train(config, verbose=0)
+    full = tlkit.train(config.replace(feature_cache=False), verbose=0)
+    again = tlkit.train(config, verbose=0)
+    record = cached.metrics()["feature_cache"]
+    assert record["used"] and not record["head"]["train"]["hit"] and record["head"]["train"]["stored"]
+    assert again.metrics()["feature_cache"]["head"]["train"]["hit"]
+    assert not full.metrics()["feature_cache"]["used"]
+    np.testing.assert_allclose(predictions(cached), predictions(full), atol=2e-4)
+    np.testing.assert_allclose(predictions(again), predictions(cached), atol=1e-6)
+    assert cached.metrics()["test_accuracy"] == full.metrics()["test_accuracy"]
+
+
+def test_feature_cache_is_off_with_augmentation(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
+                          augment={"flip": True}, finetune={"epochs": 0})
+    assert not tlkit.train(config, verbose=0).metrics()["feature_cache"]["used"]
+
+
+def test_corrupt_cache_file_is_recomputed(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), finetune={"epochs": 0})
+    tlkit.train(config, verbose=0)
+    for path in (tmp_path / "cache" / "features").glob("*.npy"):
+        path.write_bytes(b"broken")
+    run = tlkit.train(config, verbose=0)
+    assert run.status()["state"] == "completed"
+    assert not run.metrics()["feature_cache"]["head"]["train"]["hit"]
+
+
+@pytest.mark.parametrize("unfreeze, boundary_tensors", [("conv4", 1), ("6", 2)])
+def test_boundary_cache_trains_the_same_model(synthetic_data_dir, tmp_path, unfreeze, boundary_tensors):
+    config = smoke_config(synthetic_data_dir, tmp_path, feature_cache=False, model={"dropout": 0.0},
+                          head={"epochs": 1}, finetune={"epochs": 2, "learning_rate": 1e-3, "unfreeze": unfreeze})
+    cached = tlkit.train(config, verbose=0)
+    full = tlkit.train(config.replace(boundary_cache=False), verbose=0)
+    record = cached.metrics()["boundary_cache"]
+    assert record["used"] and len(record["shapes"]) == boundary_tensors
+    assert not full.metrics()["boundary_cache"]["used"]
+    # float16 storage of the boundary activations: close, not bit-identical.
+    np.testing.assert_allclose(predictions(cached), predictions(full), atol=2e-2)
+    assert [r["stage"] for r in cached.history()] == ["head", "finetune", "finetune"]
+
+
+def test_boundary_cache_over_budget_falls_back_with_a_reason(synthetic_data_dir, tmp_path):
+    # conv2 at 32 px: 32*32*16 float16 values = 32 KB per image, 9.6 MB for 300 images > 1 MB.
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_memory_gb=0.001, head={"epochs": 0},
+                          finetune={"unfreeze": "conv2"})
+    run = tlkit.train(config, verbose=0)
+    record = run.metrics()["boundary_cache"]
+    assert run.status()["state"] == "completed"
+    assert not record["used"] and record["bytes"] == 300 * 32 * 32 * 16 * 2
+    assert "needs 0.00983 GB for 300 images, over the 0.001 GB budget" in record["reason"]
+    assert "--cache-memory-gb" in record["reason"]

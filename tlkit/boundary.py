@@ -1,0 +1,104 @@
+"""Boundary cache for fine-tuning: run the frozen part of the backbone once.
+
+When the finetune stage unfreezes a suffix of the backbone and nothing random
+sits in front of it (no augmentation), the frozen part maps each image to the
+same activations every epoch. We compute those activations at the freeze
+boundary once, keep them in host memory as float16 (half the bytes of
+float32), and train a model made of only the unfrozen layers plus the head,
+which share their weights with the full classifier. The boundary can be more
+than one tensor: unfreezing mid-block also needs the block's shortcut input.
+
+Example:
+
+```python
+from tlkit.boundary import split_at_boundary
+
+split = split_at_boundary(model, first_unfrozen="conv5_block1_1_conv")
+split.estimate_bytes(54000)                        # host memory the cache would take
+inputs = split.compute(images, batch_size=256)     # list of float16 arrays
+split.train_model.fit(inputs, labels)              # trains the classifier's own layers
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from tlkit.features import HEAD_LAYERS, POOL_LAYER
+from tlkit.model import INPUT_SHAPE, NORMALIZATION_LAYER, PREPARE_LAYER, backbone_of
+
+CACHE_DTYPE = "float16"
+_CHUNK = 2048  # images per predict call: bounds the float32 temporaries
+
+
+class BoundaryCacheError(RuntimeError):
+    """The boundary cache cannot be used (e.g. it would not fit the memory budget)."""
+
+
+@dataclasses.dataclass
+class BoundarySplit:
+    """The frozen part (images → boundary tensors) and the trainable rest (→ probabilities)."""
+
+    frozen_model: keras.Model
+    train_model: keras.Model
+
+    def estimate_bytes(self, num_images: int) -> int:
+        per_image = sum(int(np.prod(t.shape[1:])) for t in self.frozen_model.outputs)
+        return per_image * np.dtype(CACHE_DTYPE).itemsize * num_images
+
+    def compute(self, images: np.ndarray, batch_size: int, verbose="auto") -> list[np.ndarray]:
+        """Boundary activations of `images` as float16 arrays, computed in chunks."""
+        outputs = [np.empty((len(images), *t.shape[1:]), dtype=CACHE_DTYPE) for t in self.frozen_model.outputs]
+        for start in range(0, len(images), _CHUNK):
+            chunk = self.frozen_model.predict(images[start:start + _CHUNK], batch_size=batch_size,
+                                              verbose=verbose if start == 0 else 0)
+            chunk = chunk if isinstance(chunk, (list, tuple)) else [chunk]
+            for target, values in zip(outputs, chunk):
+                target[start:start + len(values)] = values
+        for array in outputs:
+            if not np.isfinite(array).all():
+                raise BoundaryCacheError("boundary activations overflow float16; use --no-boundary-cache")
+        return outputs
+
+
+def split_at_boundary(model: keras.Model, first_unfrozen: str) -> BoundarySplit:
+    """Splits the classifier before backbone layer `first_unfrozen` (the unfrozen suffix starts there)."""
+    backbone = backbone_of(model)
+    names = [layer.name for layer in backbone.layers]
+    suffix = backbone.layers[names.index(first_unfrozen):]
+    suffix_ids = {id(layer) for layer in suffix}
+
+    # Tensors made by frozen layers and read by the suffix: the boundary.
+    boundary: dict[int, keras.KerasTensor] = {}
+    for layer in suffix:
+        for tensor in _construction_node(layer).input_tensors:
+            if id(tensor._keras_history.operation) not in suffix_ids:
+                boundary.setdefault(id(tensor), tensor)
+    prefix = keras.Model(backbone.input, list(boundary.values()), name="frozen_backbone_part")
+    images = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
+    # Same path as the classifier in inference mode: augmentation is off by precondition.
+    normalized = model.get_layer(NORMALIZATION_LAYER)(model.get_layer(PREPARE_LAYER)(images))
+    frozen_model = keras.Model(images, prefix(normalized), name="frozen_part")
+
+    # Re-run the suffix layers on new inputs, in the backbone's (topological) order.
+    inputs = [keras.Input(t.shape[1:], name=f"boundary_{i}") for i, t in enumerate(boundary.values())]
+    produced = {key: new for key, new in zip(boundary, inputs)}
+    for layer in suffix:
+        node = _construction_node(layer)
+        args, kwargs = node.arguments.fill_in(produced)
+        outputs = layer(*args, **kwargs)
+        for old, new in zip(node.output_tensors, keras.tree.flatten(outputs)):
+            produced[id(old)] = new
+    x = model.get_layer(POOL_LAYER)(produced[id(backbone.output)])
+    for name in HEAD_LAYERS:
+        x = model.get_layer(name)(x)
+    return BoundarySplit(frozen_model, keras.Model(inputs, x, name="unfrozen_part"))
+
+
+def _construction_node(layer):
+    # A layer's first inbound node is the call that built the backbone; later nodes come from
+    # earlier splits and would point at their inputs.
+    return layer._inbound_nodes[0]

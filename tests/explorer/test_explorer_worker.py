@@ -38,7 +38,8 @@ def wait_until(predicate, timeout=20.0):
 
 def test_train_command_default_and_override(tmp_path, monkeypatch):
     monkeypatch.delenv(worker.TRAIN_CMD_ENV, raising=False)
-    assert worker.train_command(tmp_path) == [sys.executable, "-m", "tlkit.train", "--run-dir", str(tmp_path)]
+    assert worker.train_command(tmp_path) == [sys.executable, "-m", "tlkit.train", "--verbose", "2",
+                                              "--run-dir", str(tmp_path)]
     monkeypatch.setenv(worker.TRAIN_CMD_ENV, "python 'my trainer.py' --quiet")
     expected = ["python", "my trainer.py", "--quiet", "--run-dir", str(tmp_path)]
     assert worker.train_command(tmp_path) == expected

@@ -5,7 +5,7 @@ Playwright. By default the runs are real `python -m tlkit.train` smoke runs
 (tiny backbone, ~20 s each on 2 CPU cores) when the Fashion-MNIST files are
 found (`$TLKIT_TEST_DATA_DIR`, or `data/fashion-mnist` in `$TLKIT_SHARED_DIR`,
 default `../shared` next to the repo); otherwise, or with `TLKIT_EXPLORER_E2E_TRAINER=fake`, the queue runs
-`tests/explorer/fake_trainer.py`. Screenshots of the main views go to `docs/img/`.
+`tests/explorer/fake_trainer.py`. Screenshots of the main views go to `$TLKIT_SCREENSHOTS` (`docs/img/` for the docs).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,7 +32,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[2]
-IMG_DIR = REPO / "docs" / "img"
+# Screenshots for the docs are refreshed with TLKIT_SCREENSHOTS=docs/img; otherwise they go to a
+# temp dir so a test run leaves the working tree clean.
+IMG_DIR = Path(os.environ.get("TLKIT_SCREENSHOTS") or tempfile.mkdtemp(prefix="tlkit-screens-"))
 RUN_TIMEOUT_MS = 150_000  # one real smoke run: ~20 s here; generous for slow CI machines
 
 

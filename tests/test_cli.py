@@ -162,3 +162,28 @@ def test_sigterm_cancels_cleanly_and_resume_finishes(synthetic_data_dir, tmp_pat
     assert result.returncode == 0, result.stderr
     assert [(r["stage"], r["epoch"]) for r in run.history()] == [("head", 1), ("head", 2), ("finetune", 1)]
     assert run.status()["state"] == "completed" and run.metrics()["test_accuracy"] >= 0
+
+
+def test_auto_precision_resolves_per_device(monkeypatch):
+    import tlkit.training as training
+
+    monkeypatch.setattr(training, "list_devices", lambda: ["gpu:0"])
+    assert training.resolve_precision("auto") == "mixed_float16"
+    monkeypatch.setattr(training, "list_devices", lambda: ["cpu:0"])
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    expected = "mixed_bfloat16" if keras.backend.backend() in training.BF16_CPU_BACKENDS else "float32"
+    assert training.resolve_precision("auto") == expected
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.resolve_precision("auto") == "float32"
+    assert training.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+
+
+def test_mixed_precision_run_keeps_float32_probabilities(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, precision="mixed_bfloat16", head={"epochs": 1},
+                          finetune={"epochs": 1})
+    run = tlkit.train(config, verbose=0)
+    assert run.metrics()["precision"] == "mixed_bfloat16"
+    model = run.load_model()
+    assert model.get_layer("head_dense").compute_dtype == "bfloat16"
+    assert model.output.dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored

@@ -173,7 +173,8 @@ class Config:
     seed: int = option(42, "Random seed (data split, init, augmentation).", min=0)
     batch_size: int = option(64, "Batch size.", min=1, max=4096)
     precision: str = option(
-        "auto", "Numeric precision; 'auto' picks mixed_float16 on a GPU, float32 elsewhere.",
+        "auto", "Numeric precision; 'auto' picks mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native "
+        "bf16 (tensorflow, torch), else float32.",
         choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     )
     runs_dir: str = option(

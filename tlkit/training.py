@@ -216,12 +216,35 @@ def save_model(model: keras.Model, run: runs.Run) -> None:
     os.replace(temp, run.model_path)
 
 
+# Backends whose CPU kernels run bfloat16 faster than float32 on CPUs with native bf16
+# support (docs/performance.md measures it per backend).
+BF16_CPU_BACKENDS = ("tensorflow", "torch")
+
+
 def resolve_precision(precision: str) -> str:
-    """`auto` → mixed_float16 when a GPU is visible, else float32."""
+    """`auto` → mixed_float16 on a GPU (Keras adds loss scaling), mixed_bfloat16 on a CPU with
+    native bf16 instructions for backends that use them, else float32."""
     if precision != "auto":
         return precision
     devices = [d.lower() for d in list_devices()]
-    return "mixed_float16" if any(d.startswith(("gpu", "cuda")) for d in devices) else "float32"
+    if any(d.startswith(("gpu", "cuda")) for d in devices):
+        return "mixed_float16"
+    if keras.backend.backend() in BF16_CPU_BACKENDS and cpu_has_bf16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX-BF16; Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def list_devices() -> list[str]:

@@ -36,7 +36,7 @@ browser:
 	scripts/install-browser.sh
 
 lint: setup
-	$(BIN)/ruff check tlkit explorer tests benchmarks
+	$(BIN)/ruff check .
 
 test-core: setup
 	for backend in $(BACKENDS); do \

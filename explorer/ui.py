@@ -234,7 +234,8 @@ def progress_line(summary: tables.RunSummary) -> str:
     if summary.state == "queued":
         return "waiting for the queue worker"
     stage, epoch, epochs = status.get("stage"), status.get("epoch"), status.get("epochs")
-    parts = [f"stage **{stage}**" if stage else "", f"epoch {epoch}/{epochs}" if epochs else ""]
+    parts = [f"stage **{stage}**" if stage else "", f"epoch {epoch}/{epochs}" if epochs else "",
+             status.get("activity") or ""]  # e.g. "features (train) 40%" while a cache is computed
     return " · ".join(part for part in parts if part) or "starting…"
 
 

@@ -23,15 +23,15 @@ split.train_model.fit(inputs, labels)              # trains the classifier's own
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from tlkit.features import HEAD_LAYERS, POOL_LAYER
+from tlkit.features import HEAD_LAYERS, POOL_LAYER, predict_in_chunks
 from tlkit.model import INPUT_SHAPE, NORMALIZATION_LAYER, PREPARE_LAYER, backbone_of
 
 CACHE_DTYPE = "float16"
-_CHUNK = 2048  # images per predict call: bounds the float32 temporaries
 
 
 class BoundaryCacheError(RuntimeError):
@@ -49,15 +49,11 @@ class BoundarySplit:
         per_image = sum(int(np.prod(t.shape[1:])) for t in self.frozen_model.outputs)
         return per_image * np.dtype(CACHE_DTYPE).itemsize * num_images
 
-    def compute(self, images: np.ndarray, batch_size: int, verbose="auto") -> list[np.ndarray]:
+    def compute(self, images: np.ndarray, batch_size: int,
+                on_progress: Callable[[float], None] | None = None) -> list[np.ndarray]:
         """Boundary activations of `images` as float16 arrays, computed in chunks."""
         outputs = [np.empty((len(images), *t.shape[1:]), dtype=CACHE_DTYPE) for t in self.frozen_model.outputs]
-        for start in range(0, len(images), _CHUNK):
-            chunk = self.frozen_model.predict(images[start:start + _CHUNK], batch_size=batch_size,
-                                              verbose=verbose if start == 0 else 0)
-            chunk = chunk if isinstance(chunk, (list, tuple)) else [chunk]
-            for target, values in zip(outputs, chunk):
-                target[start:start + len(values)] = values
+        predict_in_chunks(self.frozen_model, images, batch_size, outputs, on_progress)
         for array in outputs:
             if not np.isfinite(array).all():
                 raise BoundaryCacheError("boundary activations overflow float16; use --no-boundary-cache")

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -54,12 +55,31 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(features, x, name="head")
 
 
-def extract_features(model: keras.Model, images: np.ndarray, batch_size: int, verbose="auto") -> np.ndarray:
+def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, outputs: list[np.ndarray],
+                      on_progress: Callable[[float], None] | None = None, chunk: int = 4096) -> list[np.ndarray]:
+    """Fills the preallocated `outputs` with `model`'s outputs on `images`, a chunk at a time.
+
+    Chunks bound the float32 temporaries (outputs may be float16) and let long
+    extractions report progress.
+    """
+    for start in range(0, len(images), chunk):
+        values = model.predict(images[start:start + chunk], batch_size=batch_size, verbose=0)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        for target, value in zip(outputs, values):
+            target[start:start + len(value)] = value
+        if on_progress:
+            on_progress(min(start + chunk, len(images)) / len(images))
+    return outputs
+
+
+def extract_features(model: keras.Model, images: np.ndarray, batch_size: int,
+                     on_progress: Callable[[float], None] | None = None) -> np.ndarray:
     """Pooled backbone features of `images` as float32, computed in batches."""
-    if len(images) == 0:
-        return np.zeros((0, model.get_layer(POOL_LAYER).output.shape[-1]), dtype="float32")
     extractor = pooled_feature_model(model)
-    return np.asarray(extractor.predict(images, batch_size=batch_size, verbose=verbose), dtype="float32")
+    (features,) = predict_in_chunks(extractor, images, batch_size,
+                                    [np.empty((len(images), *extractor.output.shape[1:]), dtype="float32")],
+                                    on_progress)
+    return features
 
 
 class FeatureCache:
@@ -96,14 +116,14 @@ class FeatureCache:
         write_atomic(path, buffer.getvalue())
 
     def features(self, model: keras.Model, identity: dict, images: np.ndarray, batch_size: int,
-                 verbose="auto") -> tuple[np.ndarray, dict]:
+                 on_progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, dict]:
         """Cached features of `images` (computed and stored on a miss) and a record of what happened."""
         key = self.key(identity, images)
         start = time.perf_counter()
         cached = self.load(key)
         if cached is not None and cached.shape[0] == len(images):
             return cached, {"key": key, "hit": True, "seconds": round(time.perf_counter() - start, 3)}
-        features = extract_features(model, images, batch_size, verbose)
+        features = extract_features(model, images, batch_size, on_progress)
         try:
             self.store(key, features)
             stored = True

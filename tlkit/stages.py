@@ -132,13 +132,16 @@ class StageMonitor(keras.callbacks.Callback):
         on_progress: called with (epoch, fraction of the epoch done), at most
             every `progress_interval` seconds.
         should_stop: polled after each batch; True ends the stage early (cancellation).
+        on_activity: called with (label, fraction done) while caches are computed.
     """
 
     def __init__(self, stage: str, epochs: int, on_epoch: Callable[[EpochReport], None] | None = None,
                  on_progress: Callable[[int, float], None] | None = None, progress_interval: float = 1.0,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None,
+                 on_activity: Callable[[str, float], None] | None = None):
         super().__init__()
         self.should_stop = should_stop
+        self.on_activity = on_activity
         self.stage = stage
         self.epochs = epochs
         self.on_epoch = on_epoch
@@ -148,6 +151,19 @@ class StageMonitor(keras.callbacks.Callback):
         self._epoch = 0
         self._epoch_start = 0.0
         self._last_progress = 0.0
+
+    def activity(self, label: str, verbose) -> Callable[[float], None]:
+        """A progress callback for a long step outside `fit` (e.g. computing a cache)."""
+
+        def report(fraction: float) -> None:
+            if verbose:
+                print(f"{self.stage}: {label} {fraction:.0%}", flush=True)
+            if self.on_activity:
+                self.on_activity(label, fraction)
+            if self.should_stop and self.should_stop():
+                raise KeyboardInterrupt  # cancelled while computing a cache
+
+        return report
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -213,24 +229,25 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
         TrainingError: when the loss becomes NaN/inf.
     """
     trainable_layers = prepare_stage(model, stage, unfreeze)
+    monitor = monitor or StageMonitor(stage, config.epochs)
     cache_record = None
     fit_model = model
     if feature_cache is not None and stage == "head":
         fit_model = head_model(model)
         extract_batch = max(batch_size, 256)
-        train_features, train_record = feature_cache.features(model, cache_identity, train[0], extract_batch, verbose)
+        train_features, train_record = feature_cache.features(
+            model, cache_identity, train[0], extract_batch, monitor.activity("features (train)", verbose))
         train = (train_features, train[1])
         cache_record = {"train": train_record}
         if val is not None:
-            val_features, cache_record["val"] = feature_cache.features(model, cache_identity, val[0],
-                                                                        extract_batch, verbose)
+            val_features, cache_record["val"] = feature_cache.features(
+                model, cache_identity, val[0], extract_batch, monitor.activity("features (val)", verbose))
             val = (val_features, val[1])
     if boundary_budget_bytes is not None and stage == "finetune" and trainable_layers:
         fit_model, train, val, cache_record = _boundary_inputs(model, unfreeze, train, val, batch_size,
-                                                               boundary_budget_bytes, verbose)
+                                                               boundary_budget_bytes, monitor, verbose)
     steps_per_epoch = math.ceil(len(train[1]) / batch_size)
     compile_for_stage(fit_model, config, steps_per_epoch, label_smoothing)
-    monitor = monitor or StageMonitor(stage, config.epochs)
     callbacks = [monitor]
     if config.early_stopping and val is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping,
@@ -256,7 +273,7 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
 
 
-def _boundary_inputs(model, unfreeze, train, val, batch_size, budget_bytes, verbose):
+def _boundary_inputs(model, unfreeze, train, val, batch_size, budget_bytes, monitor, verbose):
     """The finetune stage's model and inputs with the boundary cache, or the full ones if it won't fit."""
     first_unfrozen = select_layers(backbone_of(model), unfreeze)[0].name
     split = split_at_boundary(model, first_unfrozen)
@@ -272,9 +289,9 @@ def _boundary_inputs(model, unfreeze, train, val, batch_size, budget_bytes, verb
         return model, train, val, {**record, "used": False, "reason": reason}
     start = time.perf_counter()
     extract_batch = max(batch_size, 256)
-    train = (split.compute(train[0], extract_batch, verbose), train[1])
+    train = (split.compute(train[0], extract_batch, monitor.activity("boundary cache (train)", verbose)), train[1])
     if val is not None:
-        val = (split.compute(val[0], extract_batch, verbose), val[1])
+        val = (split.compute(val[0], extract_batch, monitor.activity("boundary cache (val)", verbose)), val[1])
     record.update(used=True, seconds=round(time.perf_counter() - start, 3))
     return split.train_model, train, val, record
 

@@ -142,7 +142,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     run.update_status(stage="evaluate", progress=0.98)
     backbone_unchanged = feature_cache is not None and completed == ["head"]
     metrics = _evaluate(model, splits, run, config.batch_size,
-                        (feature_cache, cache_identity) if backbone_unchanged else None, verbose)
+                        (feature_cache, cache_identity) if backbone_unchanged else None)
     metrics.update(
         backend=keras.backend.backend(), precision=precision, versions=_versions(), device=_device(),
         seconds={**{s: round(v["seconds"], 2) for s, v in summaries.items()},
@@ -180,18 +180,20 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
     def on_progress(epoch: int, fraction: float) -> None:
         run.update_status(epoch=epoch - 1, progress=overall(epoch - 1 + fraction))
 
+    def on_activity(label: str, fraction: float) -> None:
+        run.update_status(activity=f"{label} {fraction:.0%}" if fraction < 1 else None)
+
     return StageMonitor(stage, epochs, on_epoch=on_epoch, on_progress=on_progress,
-                        should_stop=_cancel_requested.is_set)
+                        should_stop=_cancel_requested.is_set, on_activity=on_activity)
 
 
-def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int, cached=None,
-              verbose="auto") -> dict:
+def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int, cached=None) -> dict:
     """Test-set metrics; with `cached` (backbone untouched since caching), from cached features."""
     start = time.perf_counter()
     record = None
     if cached:
         cache, identity = cached
-        features, record = cache.features(model, identity, splits.test.images, max(batch_size, 256), verbose)
+        features, record = cache.features(model, identity, splits.test.images, max(batch_size, 256))
         probabilities = head_model(model).predict(features, batch_size=batch_size, verbose=0)
     else:
         probabilities = model.predict(splits.test.images, batch_size=batch_size, verbose=0)

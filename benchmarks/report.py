@@ -1,0 +1,609 @@
+"""Turns the children's JSON reports into the markdown of docs/performance.md.
+
+Parent side only (no Keras import). Each section has a renderer taking the
+reports of that section; a failed or timed-out case shows up as a row saying
+so rather than disappearing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from benchmarks.common import MB, REPO_ROOT
+from benchmarks.sections import SECTIONS
+
+# CPU flags that decide how float32 / bfloat16 / float16 run on x86.
+INTERESTING_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                     "amx_tile", "amx_bf16", "amx_fp16")
+PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "keras-hub")
+FULL_TRAIN_IMAGES = 60_000
+
+
+# ---- machine ----------------------------------------------------------------------------
+
+
+def cpu_info() -> dict:
+    """Model name, family/model numbers and flags from /proc/cpuinfo (first processor)."""
+    info = {"model": platform.processor() or platform.machine(), "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    first = text.split("\n\n")[0]
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    info.update(model=fields.get("model name", info["model"]), family=fields.get("cpu family"),
+                model_number=fields.get("model"), flags=fields.get("flags", "").split())
+    return info
+
+
+def memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) * 1024 / 1e9, 1)
+    except OSError:
+        pass
+    return None
+
+
+def git_state() -> str:
+    """Commit of the code measured, and whether tlkit/ or benchmarks/ had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "tlkit", "benchmarks")
+    except OSError:
+        return "unknown"
+    return f"{commit} (+ uncommitted changes)" if dirty else commit
+
+
+def machine_info(command: str, mode: str) -> dict:
+    cpu = cpu_info()
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command, "mode": mode, "cpu": cpu,
+        "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_gb": memory_gb(), "platform": platform.platform(), "versions": versions, "code": git_state(),
+        "load_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def render_machine(info: dict, total_seconds: float) -> str:
+    cpu = info["cpu"]
+    flags = [flag for flag in INTERESTING_FLAGS if flag in cpu["flags"]]
+    absent = [flag for flag in INTERESTING_FLAGS if flag not in cpu["flags"]]
+    versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
+    rows = [
+        ("CPU", f"{cpu['model']} (family {cpu.get('family')}, model {cpu.get('model_number')})"),
+        ("Cores", f"{info['cores']} ({info['usable_cores']} usable by this process)"),
+        ("SIMD flags present", " ".join(flags) or "none of the listed"),
+        ("SIMD flags absent", " ".join(absent) or "none"),
+        ("RAM", f"{info['memory_gb']} GB"),
+        ("OS", info["platform"]),
+        ("Versions", versions),
+        ("Code", f"tlkit at {info['code']}"),
+        ("Date", info["date"]),
+        ("Command", f"`{info['command']}`"),
+        ("Mode", info["mode"]),
+        ("Wall time of the whole run", f"{total_seconds / 60:.1f} min"),
+        ("Load average (1 min) at start / end", f"{info['load_start']} / {info.get('load_end')}"),
+    ]
+    return table(("", ""), rows)
+
+
+# ---- formatting helpers -------------------------------------------------------------------
+
+
+def table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def num(value, digits=1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def ratio(numerator, denominator, digits=2) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, digits)
+
+
+def times(value) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def failure(report: dict) -> str | None:
+    if report.get("error"):
+        return f"**failed**: {report['error']} (log: `{report.get('log', '?')}`)"
+    if report.get("result") is None:
+        return "**no result**"
+    return None
+
+
+def by_backend(reports: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for report in reports:
+        grouped.setdefault(report["backend"], []).append(report)
+    return grouped
+
+
+def find(reports: list[dict], function: str, label_part: str = "") -> dict | None:
+    for report in reports:
+        if report["function"] == function and label_part in report["label"]:
+            return report
+    return None
+
+
+def load_note(reports: list[dict]) -> str:
+    loads = [report["process"][key] for report in reports if report.get("process")
+             for key in ("load_start", "load_end")]
+    if not loads:
+        return ""
+    return f"Load average (1 min) seen by these runs: {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores."
+
+
+# ---- 1. pipeline ---------------------------------------------------------------------------
+
+
+def render_pipeline(reports: list[dict], settings: dict) -> str:
+    speed, memory = settings["speed"], settings["memory"]
+    parts = [
+        "Frozen ResNet50 (ImageNet weights) + the seed's head (Dense 256, L2 1e-4, dropout 0.5), Adam 1e-3, no "
+        "feature cache (every step runs the backbone); the same model on both sides. *Seed-style* "
+        "(`benchmarks/seed_style.py`): resize every image on the host, duplicate gray to RGB, "
+        "`resnet50.preprocess_input`, then `fit` on the materialised float32 array. *tlkit*: `build_classifier` fed "
+        "uint8 (N, 28, 28, 1); resize, RGB and normalisation run inside the graph. *RSS increase* is sampled every "
+        "5 ms from just after the model was built to the end of training (data pipeline + training working set); "
+        "*process peak* is the child's `ru_maxrss` (framework, weights and model included, ~1–1.5 GB on both sides).",
+        f"**Speed**: {speed['images']:,} training images at {speed['image_size']} px, {speed['epochs']} epochs, batch "
+        f"{speed['batch_size']}; tlkit trains through `tlkit.stages.run_stage` (head stage). *Train img/s* is "
+        "steady state (the epochs after the first, which also traces/compiles); *end to end* adds the host "
+        "preprocessing and the first epoch.",
+    ]
+    for backend, group in by_backend(reports).items():
+        seed, ours = find(group, "pipeline_seed_style", "speed"), find(group, "pipeline_tlkit", "speed")
+        rows = [pipeline_row("seed-style", seed), pipeline_row("tlkit", ours)]
+        parts.append(f"*{backend}*\n\n" + table(
+            ("pipeline", "host array fed to fit", "host prep (s)", "epoch times (s)", "train img/s",
+             "end-to-end img/s", "RSS increase (MB)", "process peak RSS (MB)", "CPU util."), rows))
+        parts.append(pipeline_ratios(seed, ours))
+    parts.append(
+        f"**Memory at full resolution**: {memory['images']:,} training images at {memory['image_size']} px; the "
+        f"whole set is prepared and handed to `fit`, which then runs {memory['steps_per_epoch']} steps of batch "
+        f"{memory['batch_size']} (enough to reach steady memory; the speed is measured above).")
+    for backend, group in by_backend(reports).items():
+        seed, ours = find(group, "pipeline_seed_style", "memory"), find(group, "pipeline_tlkit", "memory")
+        rows = [memory_row("seed-style", seed), memory_row("tlkit", ours)]
+        parts.append(f"*{backend}*\n\n" + table(
+            ("pipeline", "host array fed to fit", "host prep (s)", "RSS increase (MB)", "process peak RSS (MB)"),
+            rows))
+        parts.append(memory_ratios(seed, ours))
+    parts.append(render_projection(speed["image_size"]))
+    return "\n\n".join(part for part in parts if part)
+
+
+def ok(report: dict | None) -> bool:
+    return bool(report) and not failure(report)
+
+
+def array_cell(result: dict) -> str:
+    array = result["host_array"]
+    return f"{array['dtype']} {tuple(array['shape'])}, {num(array['mb'])} MB"
+
+
+def pipeline_row(name: str, report: dict | None) -> tuple:
+    if not ok(report):
+        return (name, failure(report) if report else "not run", *["–"] * 7)
+    result, process = report["result"], report["process"]
+    return (name, array_cell(result), num(result["prepare_seconds"], 2),
+            " / ".join(num(s, 1) for s in result["epoch_seconds"]), num(result["train_images_per_second"]),
+            num(result["end_to_end_images_per_second"]), num(result["memory"]["rss_increase_mb"], 0),
+            num(process["peak_rss_mb"], 0), num(result["memory"]["cpu_utilisation"], 2))
+
+
+def memory_row(name: str, report: dict | None) -> tuple:
+    if not ok(report):
+        return (name, failure(report) if report else "not run", *["–"] * 3)
+    result = report["result"]
+    return (name, array_cell(result), num(result["prepare_seconds"], 2), num(result["memory"]["rss_increase_mb"], 0),
+            num(report["process"]["peak_rss_mb"], 0))
+
+
+def pipeline_ratios(seed: dict | None, ours: dict | None) -> str:
+    if not ok(seed) or not ok(ours):
+        return ""
+    a, b = seed["result"], ours["result"]
+    same_model = a["params"] == b["params"] and a["trainable_params"] == b["trainable_params"]
+    steady = ratio(b["train_images_per_second"], a["train_images_per_second"])
+    increase = ratio(b["memory"]["rss_increase_mb"], a["memory"]["rss_increase_mb"])
+    end_to_end = ratio(b["end_to_end_images_per_second"], a["end_to_end_images_per_second"])
+    return "\n".join([
+        f"- Training speed, tlkit / seed-style: **{times(steady)}** steady state, **{times(end_to_end)}** end to end.",
+        f"- RSS increase, tlkit / seed-style: {num(increase, 2)}.",
+        f"- Same model on both sides: {'yes' if same_model else '**no**'} ({a['params']:,} parameters, "
+        f"{a['trainable_params']:,} trainable vs {b['params']:,} / {b['trainable_params']:,}).",
+    ])
+
+
+def memory_ratios(seed: dict | None, ours: dict | None) -> str:
+    if not ok(seed) or not ok(ours):
+        return ""
+    a, b = seed["result"], ours["result"]
+    increase = ratio(b["memory"]["rss_increase_mb"], a["memory"]["rss_increase_mb"], 3)
+    peak = ratio(ours["process"]["peak_rss_mb"], seed["process"]["peak_rss_mb"], 3)
+    images = seed["params"]["images"]
+    per_image = a["memory"]["rss_increase_mb"] / images
+    return "\n".join([
+        f"- Host array fed to `fit`: tlkit holds 1/{a['host_array']['mb'] / b['host_array']['mb']:,.0f} of the "
+        "seed-style bytes.",
+        f"- RSS increase (data pipeline + training), tlkit / seed-style: **{num(increase, 3)}** "
+        f"(1/{1 / increase:,.0f})." if increase else "- RSS increase: –",
+        f"- Whole-process peak, tlkit / seed-style: **{num(peak, 2)}** (both carry the same ~1–1.5 GB of framework "
+        "and model).",
+        f"- Seed-style RSS increase per image: {per_image:.2f} MB; linear extrapolation to {FULL_TRAIN_IMAGES:,} "
+        f"images: ~{per_image * FULL_TRAIN_IMAGES / 1000:,.0f} GB (extrapolated, not measured).",
+    ])
+
+
+def render_projection(image_size: int) -> str:
+    """Host bytes of the whole Fashion-MNIST training set per pipeline (computed, not measured)."""
+    rows = []
+    for size in sorted({image_size, 224}):
+        floats = FULL_TRAIN_IMAGES * size * size * 3 * 4
+        rows.append((f"seed-style float32, {size}×{size}×3", f"{floats / 1e9:,.2f} GB ({floats / 2**30:,.2f} GiB)",
+                     f"{floats / (FULL_TRAIN_IMAGES * 28 * 28):,.0f}×"))
+    uint8 = FULL_TRAIN_IMAGES * 28 * 28
+    rows.append(("tlkit uint8, 28×28×1", f"{uint8 / MB:,.2f} MB", "1×"))
+    return (f"Computed (not measured): host memory for the full {FULL_TRAIN_IMAGES:,}-image training set.\n\n"
+            + table(("pipeline", "bytes", "vs uint8"), rows))
+
+
+# ---- 2./3. cache comparisons ---------------------------------------------------------------------
+#
+# metrics.json `seconds.head` / `seconds.finetune` time only the `fit` call; building a cache (extracting
+# features, computing boundary activations) happens before it and is recorded in the cache entry. The
+# stage cost compared here is fit + cache building, so a cold cache is charged for its extraction.
+
+
+def stage_seconds(report: dict, stage: str):
+    return (report["result"].get("seconds") or {}).get(stage)
+
+
+def feature_cache_seconds(result: dict) -> float:
+    """Seconds the head stage spent getting train/val features (extraction on a miss, a read on a hit)."""
+    head = ((result.get("feature_cache") or {}).get("head")) or {}
+    return sum((record or {}).get("seconds") or 0.0 for record in head.values())
+
+
+def boundary_cache_seconds(result: dict) -> float:
+    entry = result.get("boundary_cache") or {}
+    return (entry.get("seconds") or 0.0) if entry.get("used") else 0.0
+
+
+def stage_cost(report: dict, stage: str) -> float | None:
+    fit = stage_seconds(report, stage)
+    if fit is None:
+        return None
+    build = feature_cache_seconds if stage == "head" else boundary_cache_seconds
+    return fit + build(report["result"])
+
+
+def cache_row(report: dict, stage: str, note) -> tuple:
+    if failure(report):
+        return (report["label"], failure(report), *["–"] * 8)
+    result = report["result"]
+    build = feature_cache_seconds(result) if stage == "head" else boundary_cache_seconds(result)
+    val = (result.get("val_accuracy") or {}).get(stage)
+    return (report["label"], num(stage_seconds(report, stage), 1), num(build, 1), num(stage_cost(report, stage), 1),
+            num(stage_seconds(report, "evaluate"), 1), num(stage_seconds(report, "total"), 1), num(val, 4),
+            num(result.get("test_accuracy"), 4), note(result), num(report["process"]["peak_rss_mb"], 0))
+
+
+CACHE_COLUMNS = ("fit (s)", "cache build (s)", "stage = fit + build (s)", "evaluate (s)", "run total (s)",
+                 "val acc.", "test acc.")
+
+
+def render_feature_cache(reports: list[dict], settings: dict) -> str:
+    parts = [
+        f"`tlkit.train(config)` on the `cpu` preset: {settings['image_size']} px, `train_limit` "
+        f"{settings['train_limit']:,} (10% of it held out for validation), `test_limit` {settings['test_limit']:,}, "
+        f"head {settings['head_epochs']} epochs, no fine-tuning, no augmentation, float32; only `feature_cache` "
+        "differs. The cold cached run starts from an empty cache directory, so it extracts the features; the "
+        "warm run reads them back. *fit* is metrics.json `seconds.head` (the `fit` call only); *cache build* is "
+        "the train + val feature extraction (or read) from metrics.json `feature_cache.head`, which happens "
+        "before `fit` and is not in `seconds.head`; the speedup compares whole stages (fit + build)."
+    ]
+    for backend, group in by_backend(reports).items():
+        off = find(group, "tlkit_train", "off")
+        cold, warm = find(group, "tlkit_train", "cold"), find(group, "tlkit_train", "warm")
+        rows = [cache_row(report, "head", feature_cache_note) for report in (off, cold, warm) if report]
+        parts.append(f"**{backend}**\n\n" + table(("run", *CACHE_COLUMNS, "cache", "process peak RSS (MB)"), rows))
+        if off and cold and not failure(off) and not failure(cold):
+            warm_ok = warm and not failure(warm)
+            head_cold = ratio(stage_cost(off, "head"), stage_cost(cold, "head"))
+            head_warm = ratio(stage_cost(off, "head"), stage_cost(warm, "head")) if warm_ok else None
+            total_cold = ratio(stage_seconds(off, "total"), stage_seconds(cold, "total"))
+            total_warm = ratio(stage_seconds(off, "total"), stage_seconds(warm, "total")) if warm_ok else None
+            difference = abs(off["result"]["test_accuracy"] - cold["result"]["test_accuracy"]) * 100
+            lines = [f"- Head-stage speedup (fit + build), cache off / on: **{times(head_cold)}** cold, "
+                     f"**{times(head_warm)}** warm (fit alone: "
+                     f"{times(ratio(stage_seconds(off, 'head'), stage_seconds(cold, 'head')))}).",
+                     f"- Whole run (data, model, head, evaluation): {times(total_cold)} cold, {times(total_warm)} "
+                     "warm.",
+                     f"- Test accuracy, off vs on (cold): {num(off['result']['test_accuracy'], 4)} vs "
+                     f"{num(cold['result']['test_accuracy'], 4)} (difference {difference:.2f} points)."]
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def feature_cache_note(result: dict) -> str:
+    cache = result.get("feature_cache") or {}
+    if not cache.get("used"):
+        return "off"
+    train = (cache.get("head") or {}).get("train") or {}
+    return "hit" if train.get("hit") else "miss (extracted)"
+
+
+def boundary_cache_note(result: dict) -> str:
+    entry = result.get("boundary_cache")
+    if not entry:
+        return "no `boundary_cache` entry"
+    if not entry.get("used"):
+        return "used: false" + (f" ({entry['reason']})" if entry.get("reason") else "")
+    shapes = " + ".join("×".join(map(str, shape)) for shape in entry.get("shapes") or [])
+    return (f"used: true, boundary `{entry.get('boundary')}` ({shapes}), "
+            f"{num((entry.get('bytes') or 0) / MB, 1)} MB")
+
+
+def render_boundary_cache(reports: list[dict], settings: dict) -> str:
+    parts = [
+        f"`tlkit.train(config)` on the `cpu` preset: {settings['image_size']} px, `train_limit` "
+        f"{settings['train_limit']:,} (10% validation), `test_limit` {settings['test_limit']:,}, head "
+        f"{settings['head_epochs']} epochs (feature cache on, shared), then fine-tuning "
+        f"{settings['finetune_epochs']} epochs with `--unfreeze {settings['unfreeze']}`, no augmentation, float32; "
+        "only `boundary_cache` differs. *fit* is metrics.json `seconds.finetune` (the `fit` call only); *cache "
+        "build* is computing the boundary activations for train + val (metrics.json `boundary_cache.seconds`), "
+        "which happens before `fit`; the speedup compares whole stages (fit + build)."
+    ]
+    for backend, group in by_backend(reports).items():
+        off, on = find(group, "tlkit_train", "off"), find(group, "tlkit_train", "on")
+        rows = [cache_row(report, "finetune", boundary_cache_note) for report in (off, on) if report]
+        parts.append(f"**{backend}**\n\n" + table(
+            ("run", *CACHE_COLUMNS, "boundary cache (metrics.json)", "process peak RSS (MB)"), rows))
+        if off and on and not failure(off) and not failure(on):
+            used = bool((on["result"].get("boundary_cache") or {}).get("used"))
+            off_val = (off["result"].get("val_accuracy") or {}).get("finetune")
+            on_val = (on["result"].get("val_accuracy") or {}).get("finetune")
+            stage = ratio(stage_cost(off, "finetune"), stage_cost(on, "finetune"))
+            fit = ratio(stage_seconds(off, "finetune"), stage_seconds(on, "finetune"))
+            total = ratio(stage_seconds(off, "total"), stage_seconds(on, "total"))
+            lines = [f"- Finetune-stage speedup (fit + build), off / on: **{times(stage)}** (fit alone "
+                     f"{times(fit)}, i.e. what each further epoch gains); whole run {times(total)}.",
+                     f"- Accuracy off vs on: val {num(off_val, 4)} vs {num(on_val, 4)}, test "
+                     f"{num(off['result']['test_accuracy'], 4)} vs {num(on['result']['test_accuracy'], 4)}."]
+            if not used:
+                lines.append("- **The boundary cache was not active in the `on` run** (metrics.json has no "
+                             "`boundary_cache` entry with `used: true`), so both runs took the same path and the "
+                             "ratio is noise.")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+# ---- 4. backends ---------------------------------------------------------------------------------
+
+
+def measurements(reports: list[dict]) -> dict[str, list[dict]]:
+    """Backend → list of grid measurements (partial when the child timed out)."""
+    found = {}
+    for report in reports:
+        found[report["backend"]] = (report.get("result") or {}).get("measurements") or []
+    return found
+
+
+def lookup(items: list[dict], size: int, precision: str) -> dict | None:
+    for item in items:
+        if item["image_size"] == size and item["precision"] == precision and not item.get("error"):
+            return item
+    return None
+
+
+def render_backends(reports: list[dict], settings: dict) -> str:
+    sizes = sorted({group["image_size"] for group in settings["grid"]})
+    parts = [
+        "The full classifier (uint8 input → in-graph resize → ResNet50 with ImageNet weights → head). "
+        "*Inference*: `model.predict_on_batch`. *Training*: `model.train_on_batch` with the backbone unfrozen from "
+        f"`{settings['unfreeze']}` (conv5 and the head train; BatchNorm frozen), Adam. Each figure is batch size / "
+        "median batch time over a few timed batches, after one untimed warm-up batch of the same shape (which "
+        "compiles/traces); both calls return host values, so a timed batch includes finishing its work. The "
+        "precisions of one image size are separate models in one process, timed batch by batch in rotating order, "
+        "so they share whatever load the machine had and their ratio is robust to it. "
+        "Precision is the Keras dtype policy (`mixed_*` = float32 variables, 16-bit compute). Sizes, batch sizes "
+        "and the mean-based figures are in the per-backend details."
+    ]
+    found = measurements(reports)
+    for report in reports:
+        if failure(report):
+            parts.append(f"{report['backend']}: {failure(report)}")
+    parts.append(render_speed_tables(found, sizes))
+    parts.append(size_anomalies(found, sizes))
+    parts.append(render_precision_ratios(found, sizes))
+    for backend, items in found.items():
+        rows = []
+        for item in items:
+            shape = f"{item['batch_size']} × {item['batches']}"
+            if item.get("error"):
+                rows.append((item["image_size"], item["precision"], shape, f"**failed**: {item['error']}",
+                             *["–"] * 4))
+                continue
+            rows.append((item["image_size"], item["precision"], shape,
+                         f"{num(item['predict_images_per_second'])} / {num(item['train_images_per_second'])}",
+                         f"{num(item['predict_mean_images_per_second'])} / {num(item['train_mean_images_per_second'])}",
+                         f"{num(item['predict_warmup_seconds'])} / {num(item['train_warmup_seconds'])}",
+                         f"{num(item['predict_cpu_utilisation'], 2)} / {num(item['train_cpu_utilisation'], 2)}",
+                         num(item["build_seconds"])))
+        parts.append(f"<details><summary>{backend}: every measurement</summary>\n\n" + table(
+            ("px", "precision", "batch × timed batches", "median img/s (inference / training)",
+             "mean img/s", "warm-up s", "CPU util.", "build s"), rows) + "\n\n</details>")
+    return "\n\n".join(parts)
+
+
+def render_speed_tables(found: dict[str, list[dict]], sizes: list[int]) -> str:
+    backends = list(found)
+    rows = []
+    for size in sizes:
+        for precision in ("float32", "mixed_bfloat16"):
+            cells = []
+            for backend in backends:
+                item = lookup(found[backend], size, precision)
+                cells.append(f"{num(item['predict_images_per_second'])} / {num(item['train_images_per_second'])}"
+                             if item else "–")
+            rows.append((size, precision, *cells))
+    utilisation = []
+    for backend in backends:
+        values = [item[f"{kind}_cpu_utilisation"] for item in found[backend] if not item.get("error")
+                  for kind in ("predict", "train")]
+        if values:
+            utilisation.append(f"{backend} {min(values):.2f}–{max(values):.2f}")
+    return ("Images/s (median batch), inference / training:\n\n" + table(("px", "precision", *backends), rows)
+            + f"\n\nCPU utilisation during the timed batches ({os.cpu_count()} = all cores): "
+            + ", ".join(utilisation) + ".")
+
+
+def size_anomalies(found: dict[str, list[dict]], sizes: list[int]) -> str:
+    """Flags a larger image running faster than a smaller one: a slow kernel path for one shape, not noise."""
+    lines = []
+    for backend, items in found.items():
+        for small, large in zip(sizes, sizes[1:]):
+            for precision in ("float32", "mixed_bfloat16"):
+                a, b = lookup(items, small, precision), lookup(items, large, precision)
+                if a and b and b["predict_images_per_second"] > 1.2 * a["predict_images_per_second"]:
+                    lines.append(f"- {backend}, {precision}: {large} px runs faster than {small} px "
+                                 f"({num(b['predict_images_per_second'])} vs {num(a['predict_images_per_second'])} "
+                                 f"img/s inference) although it has {(large / small) ** 2:.1f}× the pixels.")
+    return ("**Anomalies** (a larger image faster than a smaller one):\n\n" + "\n".join(lines)) if lines else ""
+
+
+def render_precision_ratios(found: dict[str, list[dict]], sizes: list[int]) -> str:
+    backends = list(found)
+    rows = []
+    for backend in backends:
+        cells = []
+        for size in sizes:
+            fp32, bf16 = lookup(found[backend], size, "float32"), lookup(found[backend], size, "mixed_bfloat16")
+            if not fp32 or not bf16:
+                cells.append("–")
+                continue
+            cells.append(f"{times(ratio(bf16['predict_images_per_second'], fp32['predict_images_per_second']))} / "
+                         f"{times(ratio(bf16['train_images_per_second'], fp32['train_images_per_second']))}")
+        rows.append((backend, *cells))
+    text = ("**mixed_bfloat16 / float32 speed** (inference / training; > 1× means bfloat16 is faster):\n\n"
+            + table(("backend", *[f"{size} px" for size in sizes]), rows) + "\n\n" + bfloat16_verdicts(found, sizes))
+    fp16_sizes = sorted({item["image_size"] for items in found.values() for item in items
+                         if item["precision"] == "mixed_float16"})
+    fp16_rows = []
+    for backend in backends:
+        for size in fp16_sizes:
+            fp32, fp16 = lookup(found[backend], size, "float32"), lookup(found[backend], size, "mixed_float16")
+            if fp32 and fp16:
+                predict = ratio(fp16["predict_images_per_second"], fp32["predict_images_per_second"])
+                train = ratio(fp16["train_images_per_second"], fp32["train_images_per_second"])
+                fp16_rows.append((backend, size, f"{num(fp16['predict_images_per_second'])} / "
+                                  f"{num(fp16['train_images_per_second'])}", f"{times(predict)} / {times(train)}"))
+    if fp16_rows:
+        text += ("\n\n**mixed_float16** (this CPU has no native float16 arithmetic):\n\n"
+                 + table(("backend", "px", "img/s inference / training", "vs float32"), fp16_rows))
+    return text
+
+
+def bfloat16_verdicts(found: dict[str, list[dict]], sizes: list[int]) -> str:
+    """One line per backend: the geometric-mean bf16/fp32 ratio over sizes, for inference and for training."""
+    lines = []
+    for backend, items in found.items():
+        ratios = {"predict": [], "train": []}
+        for size in sizes:
+            fp32, bf16 = lookup(items, size, "float32"), lookup(items, size, "mixed_bfloat16")
+            if fp32 and bf16:
+                for kind in ratios:
+                    ratios[kind].append(bf16[f"{kind}_images_per_second"] / fp32[f"{kind}_images_per_second"])
+        if ratios["predict"]:
+            means = {kind: math.prod(values) ** (1 / len(values)) for kind, values in ratios.items()}
+            lines.append(f"- {backend}: bfloat16 / float32 geometric mean over {len(ratios['predict'])} size(s): "
+                         f"**{means['predict']:.2f}×** inference, **{means['train']:.2f}×** training.")
+    return "\n".join(lines)
+
+
+RENDERERS = {
+    "pipeline": render_pipeline,
+    "feature_cache": render_feature_cache,
+    "boundary_cache": render_boundary_cache,
+    "backends": render_backends,
+}
+
+
+def render(runs: list[dict]) -> str:
+    """The whole markdown document from one or more saved runs (`results.json` contents).
+
+    The first run is the main one. A later run (e.g. `--only backends` re-measuring one section) adds its
+    sections after the main run's, marked with its own command, date and load, so every table keeps the
+    invocation it was measured in.
+    """
+    main = runs[0]
+    info = main["info"]
+    parts = [
+        "# Performance",
+        f"Generated by `{info['command']}` ({main['mode']} mode){re_measured_note(runs)}; regenerate rather than "
+        "edit. Every comparison below was measured side by side in one invocation, each case in a fresh child "
+        "process with `KERAS_BACKEND` set in its environment. When other work shares the machine, absolute "
+        "numbers move with the load; ratios of cases run back to back are the figures to read. Each section "
+        "states the load average its cases saw, and *CPU util.* is a child's CPU seconds / wall seconds during the "
+        "measured phase (≈ the core count when it had the machine to itself, ≈ 1 when it got one core's worth).",
+        "## Machine",
+        render_machine(info, main["total_seconds"] or 0.0),
+    ]
+    for name in SECTIONS:
+        for index, run in enumerate(runs):
+            if name not in run["sections"]:
+                continue
+            section = SECTIONS[name]
+            number = list(SECTIONS).index(name) + 1  # stable numbers, also in a partial run
+            if index == 0:
+                parts.append(f"## {number}. {section.title}")
+            else:
+                extra = run["info"]
+                parts.append(f"### {number}. {section.title}: re-measured\n\nBy `{extra['command']}` "
+                             f"({run['mode']} mode) on {extra['date']}, {(run['total_seconds'] or 0) / 60:.1f} min, "
+                             f"code at {extra['code']}.")
+            section_reports = [report for report in run["reports"] if report["section"] == name]
+            parts.append(RENDERERS[name](section_reports, section.settings[run["mode"]]))
+            note = load_note(section_reports)
+            if note:
+                parts.append(f"*{note}*")
+    return "\n\n".join(parts) + "\n"
+
+
+def re_measured_note(runs: list[dict]) -> str:
+    if len(runs) == 1:
+        return ""
+    commands = "; ".join(f"`{run['info']['command']}`" for run in runs[1:])
+    return f", with sections re-measured by {commands} (marked where they appear)"

@@ -63,7 +63,7 @@ def git_state() -> str:
         dirty = git("status", "--porcelain", "tlkit", "benchmarks")
     except OSError:
         return "unknown"
-    return f"{commit} (+ uncommitted changes)" if dirty else commit
+    return f"{commit} (+ uncommitted changes in tlkit/ or benchmarks/)" if dirty else commit
 
 
 def machine_info(command: str, mode: str) -> dict:
@@ -155,12 +155,16 @@ def find(reports: list[dict], function: str, label_part: str = "") -> dict | Non
     return None
 
 
-def load_note(reports: list[dict]) -> str:
+def load_range(reports: list[dict]) -> str:
     loads = [report["process"][key] for report in reports if report.get("process")
              for key in ("load_start", "load_end")]
-    if not loads:
+    return f"load {min(loads):.1f}–{max(loads):.1f}" if loads else "load unknown"
+
+
+def load_note(reports: list[dict]) -> str:
+    if not any(report.get("process") for report in reports):
         return ""
-    return f"Load average (1 min) seen by these runs: {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores."
+    return f"Load average (1 min) seen by these runs: {load_range(reports)[5:]} on {os.cpu_count()} cores."
 
 
 # ---- 1. pipeline ---------------------------------------------------------------------------
@@ -324,6 +328,17 @@ CACHE_COLUMNS = ("fit (s)", "cache build (s)", "stage = fit + build (s)", "evalu
                  "val acc.", "test acc.")
 
 
+def load_control(first: dict, second: dict) -> str:
+    """Evaluation of the test set is the same work in both runs (full model, no cache): a built-in load check."""
+    a, b = stage_seconds(first, "evaluate"), stage_seconds(second, "evaluate")
+    control = ratio(a, b)
+    if control is None:
+        return ""
+    verdict = ("similar load while evaluating" if 0.8 <= control <= 1.25 else
+               "**the load changed between the runs; this speedup is unreliable**")
+    return f"- Load control: test evaluation (identical work) took {num(a, 1)} s vs {num(b, 1)} s ({verdict})."
+
+
 def render_feature_cache(reports: list[dict], settings: dict) -> str:
     parts = [
         f"`tlkit.train(config)` on the `cpu` preset: {settings['image_size']} px, `train_limit` "
@@ -401,7 +416,8 @@ def render_boundary_cache(reports: list[dict], settings: dict) -> str:
             lines = [f"- Finetune-stage speedup (fit + build), off / on: **{times(stage)}** (fit alone "
                      f"{times(fit)}, i.e. what each further epoch gains); whole run {times(total)}.",
                      f"- Accuracy off vs on: val {num(off_val, 4)} vs {num(on_val, 4)}, test "
-                     f"{num(off['result']['test_accuracy'], 4)} vs {num(on['result']['test_accuracy'], 4)}."]
+                     f"{num(off['result']['test_accuracy'], 4)} vs {num(on['result']['test_accuracy'], 4)}.",
+                     load_control(off, on)]
             if not used:
                 lines.append("- **The boundary cache was not active in the `on` run** (metrics.json has no "
                              "`boundary_cache` entry with `used: true`), so both runs took the same path and the "
@@ -536,9 +552,9 @@ def render_precision_ratios(found: dict[str, list[dict]], sizes: list[int]) -> s
     return text
 
 
-def bfloat16_verdicts(found: dict[str, list[dict]], sizes: list[int]) -> str:
-    """One line per backend: the geometric-mean bf16/fp32 ratio over sizes, for inference and for training."""
-    lines = []
+def bfloat16_means(found: dict[str, list[dict]], sizes: list[int]) -> dict[str, tuple[float, float]]:
+    """Backend → geometric means over sizes of bf16/fp32 images/s, (inference, training)."""
+    means = {}
     for backend, items in found.items():
         ratios = {"predict": [], "train": []}
         for size in sizes:
@@ -547,10 +563,14 @@ def bfloat16_verdicts(found: dict[str, list[dict]], sizes: list[int]) -> str:
                 for kind in ratios:
                     ratios[kind].append(bf16[f"{kind}_images_per_second"] / fp32[f"{kind}_images_per_second"])
         if ratios["predict"]:
-            means = {kind: math.prod(values) ** (1 / len(values)) for kind, values in ratios.items()}
-            lines.append(f"- {backend}: bfloat16 / float32 geometric mean over {len(ratios['predict'])} size(s): "
-                         f"**{means['predict']:.2f}×** inference, **{means['train']:.2f}×** training.")
-    return "\n".join(lines)
+            means[backend] = tuple(math.prod(values) ** (1 / len(values)) for values in ratios.values())
+    return means
+
+
+def bfloat16_verdicts(found: dict[str, list[dict]], sizes: list[int]) -> str:
+    return "\n".join(f"- {backend}: bfloat16 / float32 geometric mean over the sizes: **{inference:.2f}×** "
+                     f"inference, **{training:.2f}×** training."
+                     for backend, (inference, training) in bfloat16_means(found, sizes).items())
 
 
 RENDERERS = {
@@ -578,6 +598,7 @@ def render(runs: list[dict]) -> str:
         "numbers move with the load; ratios of cases run back to back are the figures to read. Each section "
         "states the load average its cases saw, and *CPU util.* is a child's CPU seconds / wall seconds during the "
         "measured phase (≈ the core count when it had the machine to itself, ≈ 1 when it got one core's worth).",
+        render_summary(runs),
         "## Machine",
         render_machine(info, main["total_seconds"] or 0.0),
     ]
@@ -600,6 +621,70 @@ def render(runs: list[dict]) -> str:
             if note:
                 parts.append(f"*{note}*")
     return "\n\n".join(parts) + "\n"
+
+
+def render_summary(runs: list[dict]) -> str:
+    """The headline ratios against the targets of issue 4 (first backend of each section), run by run."""
+    rows = []
+    for index, run in enumerate(runs):
+        suffix = "" if index == 0 else f" — re-measured {run['info']['date']}"
+        for name in run["sections"]:
+            section_reports = [report for report in run["reports"] if report["section"] == name]
+            rows += [(f"{label}{suffix}", value, target) for label, value, target in
+                     SUMMARIES[name](section_reports, run["mode"])]
+    if not rows:
+        return ""
+    return "## Summary\n\n" + table(("", "measured", "target"), rows)
+
+
+def summary_pipeline(reports: list[dict], mode: str) -> list[tuple]:
+    rows = []
+    seed, ours = find(reports, "pipeline_seed_style", "speed"), find(reports, "pipeline_tlkit", "speed")
+    if ok(seed) and ok(ours):
+        speed = ratio(ours["result"]["train_images_per_second"], seed["result"]["train_images_per_second"])
+        rows.append(("Pipeline: training speed, tlkit / seed-style (steady state)", times(speed), "≥ 1×"))
+    seed, ours = find(reports, "pipeline_seed_style", "memory"), find(reports, "pipeline_tlkit", "memory")
+    if ok(seed) and ok(ours):
+        share = ratio(ours["result"]["memory"]["rss_increase_mb"], seed["result"]["memory"]["rss_increase_mb"], 3)
+        process = ratio(ours["process"]["peak_rss_mb"], seed["process"]["peak_rss_mb"])
+        rows.append(("Pipeline: host memory added (RSS increase) at 224 px, tlkit / seed-style",
+                     f"{num(share, 3)} (whole process: {num(process, 2)})", "≤ 0.1"))
+    return rows
+
+
+def summary_feature_cache(reports: list[dict], mode: str) -> list[tuple]:
+    off, cold, warm = (find(reports, "tlkit_train", part) for part in ("off", "cold", "warm"))
+    if not (ok(off) and ok(cold) and ok(warm)):
+        return []
+    return [("Head stage (fit + extraction), feature cache off / on, cold · warm",
+             f"{times(ratio(stage_cost(off, 'head'), stage_cost(cold, 'head')))} · "
+             f"{times(ratio(stage_cost(off, 'head'), stage_cost(warm, 'head')))}", "≥ 5×")]
+
+
+def summary_boundary_cache(reports: list[dict], mode: str) -> list[tuple]:
+    off, on = find(reports, "tlkit_train", "off"), find(reports, "tlkit_train", "on")
+    if not (ok(off) and ok(on)):
+        return []
+    return [("Finetune stage (fit + cache build), boundary cache off / on (fit alone)",
+             f"{times(ratio(stage_cost(off, 'finetune'), stage_cost(on, 'finetune')))} "
+             f"({times(ratio(stage_seconds(off, 'finetune'), stage_seconds(on, 'finetune')))})",
+             "≥ 2× at equal accuracy")]
+
+
+def summary_backends(reports: list[dict], mode: str) -> list[tuple]:
+    sizes = sorted({group["image_size"] for group in SECTIONS["backends"].settings[mode]["grid"]})
+    load = load_range(reports)
+    return [(f"mixed_bfloat16 / float32, {backend} (geometric mean over sizes; {load})",
+             f"{inference:.2f}× inference, {training:.2f}× training", "> 1× to pick bf16")
+            for backend, (inference, training) in bfloat16_means(measurements(reports), sizes).items()]
+
+
+SUMMARIES = {
+    "pipeline": summary_pipeline,
+    "feature_cache": summary_feature_cache,
+    "boundary_cache": summary_boundary_cache,
+    "backends": summary_backends,
+}
 
 
 def re_measured_note(runs: list[dict]) -> str:

@@ -70,3 +70,24 @@ def test_boundary_cache_over_budget_falls_back_with_a_reason(synthetic_data_dir,
     assert not record["used"] and record["bytes"] == 300 * 32 * 32 * 16 * 2
     assert "needs 0.00983 GB for 300 images, over the 0.001 GB budget" in record["reason"]
     assert "--cache-memory-gb" in record["reason"]
+
+
+def test_both_stages_share_one_prefix_pass_and_later_runs_reuse_it(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), model={"dropout": 0.0},
+                          head={"epochs": 2, "learning_rate": 3e-2},
+                          finetune={"epochs": 2, "learning_rate": 1e-3, "unfreeze": "conv4"})
+    shared = tlkit.train(config, verbose=0)
+    full = tlkit.train(config.replace(feature_cache=False, boundary_cache=False), verbose=0)
+    again = tlkit.train(config.replace(finetune={"learning_rate": 2e-3}), verbose=0)
+
+    head = shared.metrics()["feature_cache"]["head"]
+    boundary = shared.metrics()["boundary_cache"]
+    assert head["train"]["via_boundary"] == boundary["boundary"] == "conv4_block1_1_conv"
+    # The head stage computed the activations; the finetune stage reused them in memory.
+    assert not boundary["train"]["hit"] and boundary["train"]["stored"] and boundary["used"]
+    # Same model as the full graph, up to float16 storage of the activations.
+    np.testing.assert_allclose(predictions(shared), predictions(full), atol=2e-2)
+    # A run that differs after the boundary reads features and activations back from disk.
+    assert again.metrics()["feature_cache"]["head"]["train"]["hit"]
+    assert again.metrics()["boundary_cache"]["train"]["hit"]
+    assert again.status()["state"] == "completed"

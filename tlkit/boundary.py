@@ -8,6 +8,13 @@ float32), and train a model made of only the unfrozen layers plus the head,
 which share their weights with the full classifier. The boundary can be more
 than one tensor: unfreezing mid-block also needs the block's shortcut input.
 
+The activations are computed once per run and shared by both stages: the head
+stage derives its pooled features from them (running only the suffix, which
+is still frozen then) and the finetune stage trains on them, so the expensive
+frozen prefix runs once per image. With a store (the feature cache directory)
+they are also kept on disk, so runs that differ only after the boundary
+(learning rates, dropout, epochs) skip the prefix entirely.
+
 Example:
 
 ```python
@@ -23,12 +30,14 @@ split.train_model.fit(inputs, labels)              # trains the classifier's own
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from tlkit.features import HEAD_LAYERS, POOL_LAYER, predict_in_chunks
+from tlkit.backbones import select_layers
+from tlkit.features import HEAD_LAYERS, POOL_LAYER, FeatureCache, predict_in_chunks
 from tlkit.model import INPUT_SHAPE, NORMALIZATION_LAYER, PREPARE_LAYER, backbone_of
 
 CACHE_DTYPE = "float16"
@@ -44,6 +53,8 @@ class BoundarySplit:
 
     frozen_model: keras.Model
     train_model: keras.Model
+    features_model: keras.Model  # boundary tensors → pooled features (for the head stage)
+    first_unfrozen: str  # the backbone layer the split is in front of
 
     def estimate_bytes(self, num_images: int) -> int:
         per_image = sum(int(np.prod(t.shape[1:])) for t in self.frozen_model.outputs)
@@ -58,6 +69,73 @@ class BoundarySplit:
             if not np.isfinite(array).all():
                 raise BoundaryCacheError("boundary activations overflow float16; use --no-boundary-cache")
         return outputs
+
+
+class BoundaryActivations:
+    """The frozen part's output for each image set of a run, computed (or read) once.
+
+    Args:
+        split: from `split_at_boundary`.
+        batch_size: batch size for computing activations.
+        store: a `tlkit.features.FeatureCache` that keeps activations on disk, or None.
+        identity: what determines the activations besides the images (backbone,
+            weights, image size, precision, versions).
+    """
+
+    def __init__(self, split: BoundarySplit, batch_size: int, store: FeatureCache | None = None,
+                 identity: dict | None = None):
+        self.split = split
+        self.batch_size = batch_size
+        self.store = store
+        self.identity = {**(identity or {}), "boundary": split.first_unfrozen}
+        self.records: dict[str, dict] = {}
+        self._arrays: dict[str, list[np.ndarray]] = {}
+
+    def get(self, name: str, images: np.ndarray, on_progress: Callable[[float], None] | None = None
+            ) -> list[np.ndarray]:
+        """Boundary activations of image set `name` (e.g. "train"), computed on first use."""
+        if name in self._arrays:
+            return self._arrays[name]
+        start = time.perf_counter()
+        key = FeatureCache.key(self.identity, images)
+        arrays = self.store.load_arrays(key, len(self.split.frozen_model.outputs)) if self.store else None
+        record = {"key": key, "hit": arrays is not None and all(len(a) == len(images) for a in arrays)}
+        if not record["hit"]:
+            arrays = self.split.compute(images, self.batch_size, on_progress)
+            record["stored"] = self.store.store_arrays(key, arrays) if self.store else False
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        self._arrays[name], self.records[name] = arrays, record
+        return arrays
+
+    def features(self, name: str, images: np.ndarray, on_progress: Callable[[float], None] | None = None
+                 ) -> np.ndarray:
+        """Pooled backbone features of `images` via their boundary activations (backbone frozen)."""
+        arrays = self.get(name, images, on_progress)
+        features = self.split.features_model.predict(arrays, batch_size=self.batch_size, verbose=0)
+        return np.asarray(features, dtype="float32")
+
+
+def plan_boundary(model: keras.Model, unfreeze: str, num_images: int, budget_bytes: int, batch_size: int,
+                  store: FeatureCache | None = None, identity: dict | None = None
+                  ) -> tuple[BoundaryActivations | None, dict]:
+    """Boundary activations for fine-tuning `unfreeze`, if they fit `budget_bytes` for `num_images`.
+
+    Returns the activations (None when refused or nothing is unfrozen) and a
+    record for metrics.json; a refusal's record says why and what to change.
+    """
+    selected = select_layers(backbone_of(model), unfreeze)
+    if not selected:
+        return None, {"used": False, "reason": "nothing is unfrozen"}
+    split = split_at_boundary(model, selected[0].name)
+    needed = split.estimate_bytes(num_images)
+    record = {"boundary": split.first_unfrozen, "bytes": needed,
+              "shapes": [list(t.shape[1:]) for t in split.frozen_model.outputs]}
+    if needed > budget_bytes:
+        reason = (f"the boundary cache needs {needed / 1e9:.3g} GB for {num_images} images, over the "
+                  f"{budget_bytes / 1e9:.3g} GB budget; running the full graph instead (raise --cache-memory-gb, "
+                  "lower --image-size or unfreeze less to use it)")
+        return None, {**record, "used": False, "reason": reason}
+    return BoundaryActivations(split, batch_size, store, identity), {**record, "used": True}
 
 
 def split_at_boundary(model: keras.Model, first_unfrozen: str) -> BoundarySplit:
@@ -88,10 +166,12 @@ def split_at_boundary(model: keras.Model, first_unfrozen: str) -> BoundarySplit:
         outputs = layer(*args, **kwargs)
         for old, new in zip(node.output_tensors, keras.tree.flatten(outputs)):
             produced[id(old)] = new
-    x = model.get_layer(POOL_LAYER)(produced[id(backbone.output)])
+    pooled = model.get_layer(POOL_LAYER)(produced[id(backbone.output)])
+    x = pooled
     for name in HEAD_LAYERS:
         x = model.get_layer(name)(x)
-    return BoundarySplit(frozen_model, keras.Model(inputs, x, name="unfrozen_part"))
+    return BoundarySplit(frozen_model, keras.Model(inputs, x, name="unfrozen_part"),
+                         keras.Model(inputs, pooled, name="unfrozen_part_features"), first_unfrozen)
 
 
 def _construction_node(layer):

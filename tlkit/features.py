@@ -21,7 +21,6 @@ cache = FeatureCache()                            # $TLKIT_CACHE_DIR or ~/.cache
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -30,8 +29,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-
-from tlkit.runs import write_atomic
 
 HEAD_LAYERS = ("head_dense", "head_dropout", "head_logits", "probabilities")
 POOL_LAYER = "head_pool"
@@ -111,19 +108,47 @@ class FeatureCache:
     def store(self, key: str, features: np.ndarray) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.save(buffer, features, allow_pickle=False)
-        write_atomic(path, buffer.getvalue())
+        # Straight to a temp file (no in-memory copy: boundary activations can be GBs), then rename.
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temp, "wb") as handle:
+                np.save(handle, features, allow_pickle=False)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def load_arrays(self, key: str, count: int) -> list[np.ndarray] | None:
+        """The `count` arrays stored under `key` (boundary activations), or None."""
+        arrays = [self.load(f"{key}-{i}") for i in range(count)]
+        return None if any(array is None for array in arrays) else arrays
+
+    def store_arrays(self, key: str, arrays: list[np.ndarray]) -> bool:
+        """Stores `arrays` under `key`; False when the disk refused (the run goes on without)."""
+        try:
+            for i, array in enumerate(arrays):
+                self.store(f"{key}-{i}", array)
+        except OSError:
+            return False
+        return True
 
     def features(self, model: keras.Model, identity: dict, images: np.ndarray, batch_size: int,
-                 on_progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, dict]:
-        """Cached features of `images` (computed and stored on a miss) and a record of what happened."""
+                 on_progress: Callable[[float], None] | None = None,
+                 compute: Callable[[np.ndarray, Callable | None], np.ndarray] | None = None,
+                 ) -> tuple[np.ndarray, dict]:
+        """Cached features of `images` (computed and stored on a miss) and a record of what happened.
+
+        `compute(images, on_progress)` replaces the full-graph extraction on a miss
+        (e.g. deriving features from boundary activations); `identity` must say so.
+        """
         key = self.key(identity, images)
         start = time.perf_counter()
         cached = self.load(key)
         if cached is not None and cached.shape[0] == len(images):
             return cached, {"key": key, "hit": True, "seconds": round(time.perf_counter() - start, 3)}
-        features = extract_features(model, images, batch_size, on_progress)
+        if compute is not None:
+            features = compute(images, on_progress)
+        else:
+            features = extract_features(model, images, batch_size, on_progress)
         try:
             self.store(key, features)
             stored = True

@@ -26,11 +26,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from tlkit.backbones import select_layers
-from tlkit.boundary import split_at_boundary
+from tlkit.boundary import BoundaryActivations
 from tlkit.config import StageConfig
 from tlkit.features import FeatureCache, head_model
-from tlkit.model import backbone_of, freeze_backbone, unfreeze_backbone
+from tlkit.model import freeze_backbone, unfreeze_backbone
 
 
 class TrainingError(RuntimeError):
@@ -195,7 +194,7 @@ class StageMonitor(keras.callbacks.Callback):
 def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *, batch_size: int,
               label_smoothing: float = 0.0, unfreeze: str = "", monitor: StageMonitor | None = None,
               verbose: int | str = "auto", feature_cache: FeatureCache | None = None,
-              cache_identity: dict | None = None, boundary_budget_bytes: int | None = None,
+              cache_identity: dict | None = None, boundary: BoundaryActivations | None = None,
               seed: int | None = None) -> dict:
     """Trains `model` for one stage and returns a summary.
 
@@ -203,9 +202,10 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     off), the frozen backbone's pooled features are computed once (or read
     from the cache) and the head, which shares the model's weights, is trained
     on them: the same training, without running the backbone every epoch.
-    With `boundary_budget_bytes` (finetune stage; augmentation off), the frozen
-    part's activations are computed once and only the unfrozen layers run
-    each epoch (see `tlkit.boundary`), if they fit the budget.
+    With `boundary` (augmentation off), the frozen part's activations are
+    computed once (see `tlkit.boundary`): the finetune stage runs only the
+    unfrozen layers each epoch, and the head stage derives its features from
+    the same activations, so the frozen prefix runs once for both stages.
 
     Args:
         model: the classifier from `tlkit.model.build_classifier`.
@@ -221,7 +221,7 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
         feature_cache: where pooled features are cached; None trains the full graph.
         cache_identity: what determines the features besides the images
             (backbone, weights, image size, precision, versions).
-        boundary_budget_bytes: host memory allowed for the boundary cache; None: off.
+        boundary: the run's `BoundaryActivations` (from `tlkit.boundary.plan_boundary`); None: off.
         seed: reseeds all random generators right before fitting, so the batch order is the
             same with and without caches (cache extraction consumes torch's global RNG).
 
@@ -234,18 +234,20 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     fit_model = model
     if feature_cache is not None and stage == "head":
         fit_model = head_model(model)
-        extract_batch = max(batch_size, 256)
-        train_features, train_record = feature_cache.features(
-            model, cache_identity, train[0], extract_batch, monitor.activity("features (train)", verbose))
-        train = (train_features, train[1])
-        cache_record = {"train": train_record}
+        cache_record = {}
+        for name, part in (("train", train), ("val", val)):
+            if part is None:
+                continue
+            features, cache_record[name] = _head_features(model, name, part[0], feature_cache, cache_identity,
+                                                          boundary, max(batch_size, 256), monitor, verbose)
+            train, val = ((features, part[1]), val) if name == "train" else (train, (features, part[1]))
+    if boundary is not None and stage == "finetune" and trainable_layers:
+        start = time.perf_counter()
+        train = (boundary.get("train", train[0], monitor.activity("boundary cache (train)", verbose)), train[1])
         if val is not None:
-            val_features, cache_record["val"] = feature_cache.features(
-                model, cache_identity, val[0], extract_batch, monitor.activity("features (val)", verbose))
-            val = (val_features, val[1])
-    if boundary_budget_bytes is not None and stage == "finetune" and trainable_layers:
-        fit_model, train, val, cache_record = _boundary_inputs(model, unfreeze, train, val, batch_size,
-                                                               boundary_budget_bytes, monitor, verbose)
+            val = (boundary.get("val", val[0], monitor.activity("boundary cache (val)", verbose)), val[1])
+        fit_model = boundary.split.train_model
+        cache_record = {"seconds": round(time.perf_counter() - start, 3), **boundary.records}
     steps_per_epoch = math.ceil(len(train[1]) / batch_size)
     compile_for_stage(fit_model, config, steps_per_epoch, label_smoothing)
     callbacks = [monitor]
@@ -273,27 +275,17 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
 
 
-def _boundary_inputs(model, unfreeze, train, val, batch_size, budget_bytes, monitor, verbose):
-    """The finetune stage's model and inputs with the boundary cache, or the full ones if it won't fit."""
-    first_unfrozen = select_layers(backbone_of(model), unfreeze)[0].name
-    split = split_at_boundary(model, first_unfrozen)
-    count = len(train[1]) + (len(val[1]) if val is not None else 0)
-    needed = split.estimate_bytes(count)
-    record = {"boundary": first_unfrozen, "bytes": needed,
-              "shapes": [list(t.shape[1:]) for t in split.frozen_model.outputs]}
-    if needed > budget_bytes:
-        reason = (f"the boundary cache needs {needed / 1e9:.3g} GB for {count} images, over the "
-                  f"{budget_bytes / 1e9:.3g} GB budget; running the full graph instead (raise --cache-memory-gb, "
-                  "lower --image-size or unfreeze less to use it)")
-        print(f"note: {reason}", flush=True)
-        return model, train, val, {**record, "used": False, "reason": reason}
-    start = time.perf_counter()
-    extract_batch = max(batch_size, 256)
-    train = (split.compute(train[0], extract_batch, monitor.activity("boundary cache (train)", verbose)), train[1])
-    if val is not None:
-        val = (split.compute(val[0], extract_batch, monitor.activity("boundary cache (val)", verbose)), val[1])
-    record.update(used=True, seconds=round(time.perf_counter() - start, 3))
-    return split.train_model, train, val, record
+def _head_features(model, name, images, cache, identity, boundary, batch_size, monitor, verbose):
+    """Pooled features of one image set from the feature cache; on a miss, derived from the boundary
+    activations when the run has them (one prefix pass serves both stages), else the full graph."""
+    progress = monitor.activity(f"features ({name})", verbose)
+    if boundary is None:
+        return cache.features(model, identity, images, batch_size, progress)
+    # float16 boundary storage makes these features differ slightly: a key of their own.
+    identity = {**identity, "via_boundary": boundary.split.first_unfrozen}
+    features, record = cache.features(model, identity, images, batch_size, progress,
+                                      compute=lambda x, report: boundary.features(name, x, report))
+    return features, {**record, "via_boundary": boundary.split.first_unfrozen}
 
 
 def _targets(labels: np.ndarray, label_smoothing: float) -> np.ndarray:

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from tlkit import runs
+from tlkit.boundary import plan_boundary
 from tlkit.config import Config
 from tlkit.data import Splits, load_splits
 from tlkit.evaluate import classification_report, misclassified
@@ -111,10 +112,9 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     feature_cache = None
     if config.feature_cache and not config.augment.enabled and weights_id is not None:
         feature_cache = FeatureCache(config.cache_dir or None)
-    boundary_budget = (int(config.cache_memory_gb * 1e9)
-                       if config.boundary_cache and not config.augment.enabled else None)
     cache_identity = {"backbone": config.model.backbone, "weights": weights_id, "image_size": config.model.image_size,
                       "precision": precision, "backend": keras.backend.backend(), "keras": keras.__version__}
+    boundary, boundary_plan = _plan_boundary(config, model, splits, completed, feature_cache, cache_identity)
 
     total_epochs = sum(getattr(config, stage).epochs for stage in STAGES)
     summaries: dict[str, dict] = {}
@@ -131,7 +131,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
             batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
             unfreeze=getattr(stage_config, "unfreeze", ""), monitor=monitor, verbose=verbose,
             feature_cache=feature_cache if stage == "head" else None, cache_identity=cache_identity,
-            boundary_budget_bytes=boundary_budget, seed=config.seed + STAGES.index(stage),
+            boundary=boundary, seed=config.seed + STAGES.index(stage),
         )
         if _cancel_requested.is_set():
             raise RunCancelled("SIGTERM")
@@ -156,12 +156,27 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         feature_cache={"used": feature_cache is not None and "head" in summaries,
                        **({"head": summaries["head"]["cache"]} if "head" in summaries else {}),
                        **({"test": metrics.pop("test_feature_cache")} if "test_feature_cache" in metrics else {})},
-        boundary_cache=(summaries["finetune"]["cache"] or {"used": False}) if "finetune" in summaries
+        boundary_cache={**boundary_plan, **(summaries["finetune"]["cache"] or {})} if "finetune" in summaries
         else {"used": False},
     )
     run.write_metrics(metrics)
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],
                       finished_at=runs._now())
+
+
+def _plan_boundary(config: Config, model, splits: Splits, completed: list[str], feature_cache, identity):
+    """The run's boundary activations when the finetune stage can use them (no augmentation, a
+    trainable suffix, within the memory budget); else None and a record saying why."""
+    if not config.boundary_cache or config.augment.enabled:
+        return None, {"used": False, "reason": "off" if not config.boundary_cache else "augmentation is on"}
+    if config.finetune.epochs == 0 or "finetune" in completed:
+        return None, {"used": False}
+    count = len(splits.train) + len(splits.val)
+    boundary, record = plan_boundary(model, config.finetune.unfreeze, count, int(config.cache_memory_gb * 1e9),
+                                     max(config.batch_size, 256), feature_cache, identity)
+    if record.get("reason") and boundary is None and "bytes" in record:
+        print(f"note: {record['reason']}", flush=True)
+    return boundary, record
 
 
 def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, total_epochs: int) -> StageMonitor:

@@ -182,11 +182,12 @@ class Config:
     )
     feature_cache: bool = option(
         True, "Head stage without augmentation: compute the frozen backbone's features once (cached on "
-        "disk) and train the head on them; same model, much faster.",
+        "disk) and train the head on them; same model, much faster. Boundary activations are kept there too.",
     )
     boundary_cache: bool = option(
         True, "Finetune stage without augmentation: keep the frozen part's output (the activations at the "
-        "freeze boundary, in 16-bit floats) in memory and run only the unfrozen layers each epoch.",
+        "freeze boundary, in 16-bit floats) in memory and run only the unfrozen layers each epoch; the head "
+        "stage then derives its features from them, so the frozen part runs once per image.",
     )
     cache_memory_gb: float = option(
         8.0, "Host memory budget for the boundary cache (GB); larger caches are refused with a message.",

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+import tlkit
 from tlkit.backbones import BackboneError, block_names, build_backbone, list_blocks, select_layers
 from tlkit.config import AugmentConfig, Config, ModelConfig, StageConfig
 from tlkit.data import load_splits
@@ -162,3 +163,14 @@ def test_nan_loss_stops_with_a_clear_error(tiny_splits, monkeypatch, tmp_path):
 
 def test_smoke_config_helper_builds(synthetic_data_dir, tmp_path):
     assert smoke_config(synthetic_data_dir, tmp_path).validate().model.backbone == "mini_resnet"
+
+
+def test_test_time_flip_averages_the_image_and_its_mirror(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, tta_flip=True, head={"epochs": 1}, finetune={"epochs": 1})
+    run = tlkit.train(config, verbose=0)
+    splits = load_splits(config.data, config.seed)
+    model = run.load_model()
+    images = splits.test.images
+    averaged = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    expected = float(np.mean(averaged.argmax(axis=1) == splits.test.labels))
+    assert run.metrics()["test_accuracy"] == pytest.approx(expected, abs=1.5 / len(images))

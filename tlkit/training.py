@@ -142,7 +142,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     run.update_status(stage="evaluate", progress=0.98)
     backbone_unchanged = feature_cache is not None and completed == ["head"]
     metrics = _evaluate(model, splits, run, config.batch_size,
-                        (feature_cache, cache_identity) if backbone_unchanged else None)
+                        (feature_cache, cache_identity) if backbone_unchanged else None, config.tta_flip)
     metrics.update(
         backend=keras.backend.backend(), precision=precision, versions=_versions(), device=_device(),
         seconds={**{s: round(v["seconds"], 2) for s, v in summaries.items()},
@@ -202,25 +202,33 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
                         should_stop=_cancel_requested.is_set, on_activity=on_activity)
 
 
-def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int, cached=None) -> dict:
-    """Test-set metrics; with `cached` (backbone untouched since caching), from cached features."""
+def _evaluate(model: keras.Model, splits: Splits, run: runs.Run, batch_size: int, cached=None,
+              tta_flip: bool = False) -> dict:
+    """Test-set metrics; with `cached` (backbone untouched since caching), from cached features;
+    with `tta_flip`, averaged over each image and its mirror image."""
     start = time.perf_counter()
-    record = None
-    if cached:
-        cache, identity = cached
-        features, record = cache.features(model, identity, splits.test.images, max(batch_size, 256))
-        probabilities = head_model(model).predict(features, batch_size=batch_size, verbose=0)
-    else:
-        probabilities = model.predict(splits.test.images, batch_size=batch_size, verbose=0)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    records = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        if cached:
+            cache, identity = cached
+            features, record = cache.features(model, identity, images, max(batch_size, 256))
+            records.append(record)
+            return np.asarray(head_model(model).predict(features, batch_size=batch_size, verbose=0), np.float64)
+        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), np.float64)
+
+    probabilities = predict(splits.test.images)
+    if tta_flip:
+        # Mirroring the 28×28 source equals mirroring the resized image (the resize is symmetric).
+        probabilities = (probabilities + predict(splits.test.images[:, :, ::-1])) / 2
     seconds = time.perf_counter() - start
     report = classification_report(splits.test.labels, probabilities, splits.class_names)
     wrong = misclassified(splits.test.labels, probabilities)
     run.write_misclassified(index=splits.test.indices[wrong["position"]], true=wrong["true"],
                             predicted=wrong["predicted"], confidence=wrong["confidence"],
                             images=splits.test.images[wrong["position"], ..., 0])
-    if record:
-        report["test_feature_cache"] = record
+    if records:
+        report["test_feature_cache"] = records[0]
     report["evaluate_seconds"] = round(seconds, 2)
     report["evaluate_images_per_second"] = len(splits.test) / seconds if seconds else None
     return report

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The accuracy study behind docs/results.md: the `cpu` recipe once per backend (the only runs
+# whose test accuracy is reported), then ablations of the seed's choices judged on validation
+# accuracy. Run dirs go to $RUNS (default ./runs/accuracy); docs/results.toml lists which run is which,
+# and `python -m tlkit.report docs/results.toml` rebuilds docs/results.md from them.
+#
+#   scripts/accuracy_study.sh final tensorflow      # one final run (alone on the machine: it is timed)
+#   scripts/accuracy_study.sh ablations             # the ablation runs (tensorflow)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-runs/accuracy}
+SHARED=${SHARED:-../shared}
+COMMON=(--preset cpu --data-dir "$SHARED/data/fashion-mnist"
+        --weights "$SHARED/weights/resnet50_imagenet_notop.weights.h5" --runs-dir "$RUNS" --verbose 2)
+
+train() {  # train NAME [flags...]
+  local name=$1; shift
+  KERAS_BACKEND=${BACKEND:-tensorflow} "$PY" -m tlkit.train "${COMMON[@]}" --name "$name" "$@"
+}
+
+case ${1:-} in
+  final)
+    BACKEND=$2 train "final-cpu-$2" ;;
+  ablations)
+    # Head-stage choices, on the cached features of the full training set (no fine-tuning).
+    train abl-head-baseline --finetune-epochs 0
+    train abl-head-dropout0 --finetune-epochs 0 --dropout 0
+    train abl-head-dropout05 --finetune-epochs 0 --dropout 0.5
+    train abl-head-l2-0 --finetune-epochs 0 --l2 0
+    train abl-head-constant-lr --finetune-epochs 0 --head-schedule constant
+    train abl-head-exponential-lr --finetune-epochs 0 --head-schedule exponential --head-decay-rate 0.9
+    train abl-head-smoothing --finetune-epochs 0 --label-smoothing 0.1
+    # Unfreeze depth (the recipe's conv5 is the final tensorflow run; none is abl-head-baseline).
+    train abl-unfreeze-16 --unfreeze 16   # the seed's last 16 layers
+    # Augmentation (the seed's flip/rotation/zoom) needs the full graph every step (no caches), so it is compared on a reduced
+    # budget: 20,000 training images (2,000 held out), head stage 3 epochs, with and without.
+    train abl-aug-off --train-limit 20000 --head-epochs 3 --finetune-epochs 0
+    train abl-aug-on --train-limit 20000 --head-epochs 3 --finetune-epochs 0 --aug-flip --aug-rotation 0.1 --aug-zoom 0.1  # the seed's
+    ;;
+  *)
+    echo "usage: $0 final BACKEND | ablations" >&2; exit 2 ;;
+esac

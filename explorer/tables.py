@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from tlkit import runs
+from tlkit.config import flatten_dict
 
 # Shown for every run; any other config field appears when it differs between the listed runs.
 KEY_FIELDS = (
@@ -96,7 +97,7 @@ class RunSummary:
 
     @property
     def flat_config(self) -> dict[str, Any]:
-        return flatten(self.config or {})
+        return flatten_dict(self.config or {})
 
     @property
     def duration(self) -> float | None:
@@ -158,16 +159,6 @@ def _time(text) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return moment if moment.tzinfo else moment.astimezone()
-
-
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def differing_fields(summaries: list[RunSummary]) -> list[str]:

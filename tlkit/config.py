@@ -412,7 +412,7 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     specs = {spec.key: spec for spec in field_specs(type(config))}
     groups = {key.split(".")[0] for key in specs if "." in key}
     values = config.to_dict()
-    for key, value in _flatten(overrides).items():
+    for key, value in flatten_dict(overrides).items():
         if key not in specs:
             hint = f"; groups are {', '.join(sorted(groups))}" if key.split(".")[0] not in groups else ""
             raise ConfigError(f"{key}: unknown config field{hint}")
@@ -424,12 +424,13 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     return _build(type(config), values)
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts (a config dict) as dotted keys: `{"model": {"dropout": 0.3}}` → `{"model.dropout": 0.3}`."""
     flat = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{full}."))
+            flat.update(flatten_dict(value, f"{full}."))
         else:
             flat[full] = value
     return flat

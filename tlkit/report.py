@@ -58,6 +58,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import tomllib
 
+from tlkit.config import flatten_dict
 from tlkit.data import CLASS_NAMES
 from tlkit.evaluate import per_class_metrics
 from tlkit.runs import Run, write_atomic
@@ -338,7 +339,7 @@ def config_diff(reference: dict, other: dict, ignore: Sequence[str] = BOOKKEEPIN
         other: the config dict to compare.
         ignore: dotted keys that do not change what is trained (names, paths).
     """
-    before, after = _flatten(reference), _flatten(other)
+    before, after = flatten_dict(reference), flatten_dict(other)
     missing = object()
     changes = []
     for key in sorted(set(before) | set(after)):
@@ -350,16 +351,6 @@ def config_diff(reference: dict, other: dict, ignore: Sequence[str] = BOOKKEEPIN
             new_text = "—" if new is missing else format_value(new)
             changes.append(f"{key} {old_text} → {new_text}")
     return changes
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # ---- tables -------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import tomllib
 
-from tlkit.config import flatten_dict
+from tlkit.config import Config, ConfigError, flatten_dict
 from tlkit.data import CLASS_NAMES
 from tlkit.evaluate import per_class_metrics
 from tlkit.runs import Run, write_atomic
@@ -331,6 +331,18 @@ def recall_by_class(metrics: dict) -> dict[str, float]:
     return {row["class"]: row["recall"] for row in per_class_metrics(matrix, names)}
 
 
+# Fields holding local file paths: runs launched from different folders spell the same file differently.
+LOCAL_FILE_KEYS = ("data.data_dir", "model.weights")
+
+
+def _with_defaults(config: dict) -> dict:
+    """The config with the current defaults filled in (runs made before a field existed lack it)."""
+    try:
+        return Config.from_dict(config).to_dict()
+    except ConfigError:
+        return config
+
+
 def config_diff(reference: dict, other: dict, ignore: Sequence[str] = BOOKKEEPING_KEYS) -> list[str]:
     """What `other` changes relative to `reference`, e.g. `["model.dropout 0.3 → 0.0"]`.
 
@@ -339,13 +351,15 @@ def config_diff(reference: dict, other: dict, ignore: Sequence[str] = BOOKKEEPIN
         other: the config dict to compare.
         ignore: dotted keys that do not change what is trained (names, paths).
     """
-    before, after = flatten_dict(reference), flatten_dict(other)
+    before, after = flatten_dict(_with_defaults(reference)), flatten_dict(_with_defaults(other))
     missing = object()
     changes = []
     for key in sorted(set(before) | set(after)):
         if key in ignore:
             continue
         old, new = before.get(key, missing), after.get(key, missing)
+        if key in LOCAL_FILE_KEYS and isinstance(old, str) and isinstance(new, str):
+            old, new = Path(old).name, Path(new).name  # one local copy, spelled relative or absolute
         if old != new:
             old_text = "—" if old is missing else format_value(old)
             new_text = "—" if new is missing else format_value(new)

@@ -26,6 +26,7 @@ baseline = true                             # the group's reference row (else it
 
 best_cpu = "/work/acc/20261129-101500-cpu-tf-1a2b"   # plotted: curves and confusion matrix
 # spread_recipe = "cpu"                     # the recipe `{{spread}}` summarises
+# hard_pairs_groups = ["dropout"]           # ablation groups added to the hard-class recall table
 ```
 
 Placeholders are listed in `PLACEHOLDERS`. An unknown placeholder, a missing
@@ -82,7 +83,8 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 BOOKKEEPING_KEYS = ("name", "preset", "runs_dir", "cache_dir", "cache_memory_gb")
 # Keys of metrics.json's `versions` that name a Keras backend's own package.
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-SPEC_KEYS = ("template", "output", "images", "hardware", "final", "ablation", "best_cpu", "spread_recipe")
+SPEC_KEYS = ("template", "output", "images", "hardware", "final", "ablation", "best_cpu", "spread_recipe",
+             "hard_pairs_groups")
 
 
 class ReportError(Exception):
@@ -124,6 +126,7 @@ class ReportSpec:
     ablation: tuple[AblationEntry, ...] = ()
     best_cpu: Run | None = None
     spread_recipe: str = "cpu"
+    hard_pairs_groups: tuple[str, ...] = ()  # ablation groups whose runs join the recall table
 
     def runs(self) -> dict[Run, list[str]]:
         """Each run used (in spec order) with the roles it plays in the report."""
@@ -193,7 +196,16 @@ def load_spec(path: str | os.PathLike) -> ReportSpec:
         ablation=tuple(ablation),
         best_cpu=checked_run(resolve(best_cpu, "best_cpu"), "best_cpu") if best_cpu is not None else None,
         spread_recipe=values.get("spread_recipe", "cpu"),
+        hard_pairs_groups=_hard_pairs_groups(values.get("hard_pairs_groups", []), ablation, path),
     )
+
+
+def _hard_pairs_groups(groups, ablation: list[AblationEntry], spec_path: Path) -> tuple[str, ...]:
+    known = {entry.group for entry in ablation}
+    if not isinstance(groups, list) or any(group not in known for group in groups):
+        raise ReportError(f"spec {str(spec_path)!r}: hard_pairs_groups must list ablation groups "
+                          f"(known: {', '.join(sorted(known)) or 'none'})")
+    return tuple(groups)
 
 
 def _required_text(entry: dict, key: str, where: str, spec_path: Path) -> str:
@@ -415,11 +427,12 @@ def spread_line(final: Sequence[FinalEntry], recipe: str = "cpu") -> str:
 
 
 def hard_pairs_tables(final: Sequence[FinalEntry], best: Run, classes: Sequence[str] = CONFUSABLE_CLASSES,
-                      top: int = 5) -> str:
+                      top: int = 5, compare: Sequence[AblationEntry] = ()) -> str:
     """The classes that get confused with each other, three tables.
 
     Args:
         final: runs whose recall of `classes` is compared.
+        compare: ablation runs added to the recall comparison (what helped the hard classes).
         best: run whose confusion counts among `classes` and top confused pairs are shown.
         classes: the confusable class names.
         top: how many most-confused (true, predicted) pairs to list.
@@ -429,6 +442,10 @@ def hard_pairs_tables(final: Sequence[FinalEntry], best: Run, classes: Sequence[
         metrics = entry.run.metrics()
         recall = recall_by_class(metrics)
         recall_rows.append([f"{entry.recipe} ({metrics.get('backend', '?')})",
+                            *[percent(recall.get(name)) for name in classes]])
+    for entry in compare:
+        recall = recall_by_class(entry.run.metrics())
+        recall_rows.append([f"ablation {entry.group}: {entry.label}",
                             *[percent(recall.get(name)) for name in classes]])
     recall_table = markdown_table(["run", *[f"{name} recall (%)" for name in classes]], recall_rows,
                                   align="l" + "r" * len(classes))
@@ -682,7 +699,8 @@ def _placeholder_value(name: str, spec: ReportSpec, images: dict[Path, bytes], c
     if name == "spread":
         return spread_line(spec.final, spec.spread_recipe)
     if name == "hard_pairs":
-        return hard_pairs_tables(spec.final, spec.best_cpu)
+        compare = [entry for entry in spec.ablation if entry.group in spec.hard_pairs_groups]
+        return hard_pairs_tables(spec.final, spec.best_cpu, compare=compare)
     if name == "ablation_table":
         return ablation_tables(spec.ablation)
     if name == "provenance":

@@ -5,7 +5,9 @@
 # and `python -m tlkit.report docs/results.toml` rebuilds docs/results.md from them.
 #
 #   scripts/accuracy_study.sh final tensorflow      # one final run (alone on the machine: it is timed)
-#   scripts/accuracy_study.sh ablations             # the ablation runs (tensorflow)
+#   scripts/accuracy_study.sh ablations             # head-stage ablations (tensorflow)
+#   scripts/accuracy_study.sh augmentation          # augmentation on/off at a reduced budget
+#   scripts/accuracy_study.sh depth                 # the seed's unfreeze depth (last 16 layers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -31,13 +33,20 @@ case ${1:-} in
     train abl-head-constant-lr --finetune-epochs 0 --head-schedule constant
     train abl-head-exponential-lr --finetune-epochs 0 --head-schedule exponential --head-decay-rate 0.9
     train abl-head-smoothing --finetune-epochs 0 --label-smoothing 0.1
-    # Unfreeze depth (the recipe's conv5 is the final tensorflow run; none is abl-head-baseline).
-    train abl-unfreeze-16 --unfreeze 16   # the seed's last 16 layers
-    # Augmentation (the seed's flip/rotation/zoom) needs the full graph every step (no caches), so it is compared on a reduced
-    # budget: 20,000 training images (2,000 held out), head stage 3 epochs, with and without.
-    train abl-aug-off --train-limit 20000 --head-epochs 3 --finetune-epochs 0
-    train abl-aug-on --train-limit 20000 --head-epochs 3 --finetune-epochs 0 --aug-flip --aug-rotation 0.1 --aug-zoom 0.1  # the seed's
+    ;;
+  augmentation)
+    # Augmentation (the seed's flip/rotation/zoom) needs the full graph every step (no caches), so
+    # it is compared on a reduced budget: 10,000 training images (1,000 held out), head stage
+    # 3 epochs, with and without.
+    train abl-aug-off --train-limit 10000 --head-epochs 3 --finetune-epochs 0
+    train abl-aug-on --train-limit 10000 --head-epochs 3 --finetune-epochs 0 \
+      --aug-flip --aug-rotation 0.1 --aug-zoom 0.1
+    ;;
+  depth)
+    # Unfreeze depth: the recipe's conv5 is the final tensorflow run and none is abl-head-baseline;
+    # this adds the seed's last 16 layers (not yet run: it did not fit the session's machine time).
+    train abl-unfreeze-16 --unfreeze 16
     ;;
   *)
-    echo "usage: $0 final BACKEND | ablations" >&2; exit 2 ;;
+    echo "usage: $0 final BACKEND | ablations | augmentation | depth" >&2; exit 2 ;;
 esac

@@ -66,7 +66,7 @@ def test_launch_form_is_generated_from_field_specs(runs_dir, no_worker):
 def test_preset_sets_every_widget(runs_dir, no_worker):
     at = app().run()
     at.selectbox(key="cfg:preset").select("cpu").run()
-    assert at.number_input(key="cfg:model.image_size").value == 64
+    assert at.number_input(key="cfg:model.image_size").value == PRESETS["cpu"]["model"]["image_size"]
     assert at.selectbox(key="cfg:model.backbone:choice").value == "resnet50"
     assert at.selectbox(key="cfg:finetune.schedule").value == "cosine"
     assert at.radio(key="cfg:finetune.unfreeze:mode").value == ui.BLOCK_MODE

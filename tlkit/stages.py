@@ -234,13 +234,14 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     fit_model = model
     if feature_cache is not None and stage == "head":
         fit_model = head_model(model)
-        cache_record = {}
-        for name, part in (("train", train), ("val", val)):
-            if part is None:
-                continue
+        def features_of(name, part):
             features, cache_record[name] = _head_features(model, name, part[0], feature_cache, cache_identity,
                                                           boundary, max(batch_size, 256), monitor, verbose)
-            train, val = ((features, part[1]), val) if name == "train" else (train, (features, part[1]))
+            return features, part[1]
+
+        cache_record = {}
+        train = features_of("train", train)
+        val = features_of("val", val) if val is not None else None
     if boundary is not None and stage == "finetune" and trainable_layers:
         start = time.perf_counter()
         train = (boundary.get("train", train[0], monitor.activity("boundary cache (train)", verbose)), train[1])

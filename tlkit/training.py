@@ -174,7 +174,7 @@ def _plan_boundary(config: Config, model, splits: Splits, completed: list[str], 
     count = len(splits.train) + len(splits.val)
     boundary, record = plan_boundary(model, config.finetune.unfreeze, count, int(config.cache_memory_gb * 1e9),
                                      max(config.batch_size, 256), feature_cache, identity)
-    if record.get("reason") and boundary is None and "bytes" in record:
+    if boundary is None and "bytes" in record:  # refused for the memory budget
         print(f"note: {record['reason']}", flush=True)
     return boundary, record
 

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tlkit.batches import ArrayBatches
 from tlkit.boundary import BoundaryActivations
 from tlkit.config import StageConfig
 from tlkit.features import FeatureCache, head_model
@@ -255,13 +256,17 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
     if config.early_stopping and val is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping,
                                                        restore_best_weights=True))
-    x_train, y_train = train[0], _targets(train[1], label_smoothing)
-    validation = (val[0], _targets(val[1], label_smoothing)) if val is not None and len(val[1]) else None
+    y_train = _targets(train[1], label_smoothing)
+    train_batches = ArrayBatches(train[0], y_train, batch_size, shuffle=True, seed=seed)
+    validation = None
+    if val is not None and len(val[1]):
+        validation = ArrayBatches(val[0], _targets(val[1], label_smoothing), batch_size)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    history = fit_model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
-                        validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=True)
+    # The batches shuffle themselves (seeded); Keras' shuffle would only reorder whole batches.
+    history = fit_model.fit(train_batches, epochs=config.epochs, validation_data=validation,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
     if monitor.non_finite_at:
         epoch, batch = monitor.non_finite_at

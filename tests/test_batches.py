@@ -1,0 +1,49 @@
+"""ArrayBatches: seeded shuffling, per-batch float32, and a fit that learns from float16 arrays."""
+
+import keras
+import numpy as np
+import pytest
+
+from tlkit.batches import ArrayBatches
+
+
+def epoch_indices(batches):
+    batches.on_epoch_begin()
+    return np.concatenate([batches[i][1] for i in range(len(batches))]).astype(int)
+
+
+def test_each_epoch_visits_every_sample_once_in_a_seeded_order():
+    x = np.arange(103, dtype="float16")[:, None]
+    labels = np.arange(103)
+    first, twin, other = (ArrayBatches(x, labels, 10, shuffle=True, seed=s) for s in (7, 7, 8))
+    orders = [epoch_indices(first) for _ in range(2)]
+    assert len(first) == 11 and len(first[10][1]) == 3
+    assert sorted(orders[0]) == list(range(103)) and sorted(orders[1]) == list(range(103))
+    assert list(orders[0]) != list(orders[1])  # a new order every epoch
+    assert [list(epoch_indices(twin)) for _ in range(2)] == [list(o) for o in orders]
+    assert list(epoch_indices(other)) != list(orders[0])
+    assert list(epoch_indices(ArrayBatches(x, labels, 10))) == list(range(103))  # unshuffled
+
+
+def test_floats_become_float32_per_batch_and_the_source_stays_float16():
+    x = [np.ones((20, 3), "float16"), np.ones((20, 2), "float16")]
+    images = np.ones((20, 4, 4), "uint8")
+    labels = np.arange(20, dtype="int32")
+    inputs, targets = ArrayBatches(x, labels, 8)[0]
+    assert isinstance(inputs, tuple) and [a.dtype for a in inputs] == ["float32", "float32"]
+    assert targets.dtype == "int32" and x[0].dtype == "float16"
+    assert ArrayBatches(images, labels, 8)[2][0].dtype == "uint8"  # integers keep their dtype
+    with pytest.raises(ValueError, match="samples"):
+        ArrayBatches(x, labels[:5], 8)
+
+
+def test_a_model_fits_float16_arrays_through_it():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 256)
+    x = (rng.normal(size=(256, 4)) + labels[:, None] * 2).astype("float16")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(ArrayBatches(x, labels, 32, shuffle=True, seed=0), epochs=5, shuffle=False,
+                        validation_data=ArrayBatches(x, labels, 64), verbose=0)
+    assert history.history["val_accuracy"][-1] > 0.9

@@ -47,3 +47,12 @@ def test_a_model_fits_float16_arrays_through_it():
     history = model.fit(ArrayBatches(x, labels, 32, shuffle=True, seed=0), epochs=5, shuffle=False,
                         validation_data=ArrayBatches(x, labels, 64), verbose=0)
     assert history.history["val_accuracy"][-1] > 0.9
+
+
+def test_predict_takes_unlabelled_batches_in_order():
+    x = np.random.default_rng(1).normal(size=(70, 4)).astype("float16")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    expected = model.predict(x.astype("float32"), verbose=0)
+    batches = ArrayBatches(x, batch_size=16)
+    assert len(batches[0]) == 1 and batches[4][0].shape == (6, 4)
+    np.testing.assert_allclose(model.predict(batches, verbose=0), expected, rtol=1e-6)

@@ -35,40 +35,41 @@ class ArrayBatches(keras.utils.PyDataset):
     Args:
         x: inputs, first axis the samples (any dtype; floats are cast per batch); a list
             of such arrays for a model with several inputs.
-        y: targets, same first-axis length as `x`.
+        y: targets, same first-axis length as `x`; None for `predict` (batches are then `(x,)`).
         batch_size: samples per batch (the last batch may be smaller).
         shuffle: draw a new sample order at the start of every epoch.
         seed: seeds the order; equal seeds give equal orders.
     """
 
-    def __init__(self, x, y: np.ndarray, batch_size: int, shuffle: bool = False,
+    def __init__(self, x, y: np.ndarray | None = None, batch_size: int = 32, shuffle: bool = False,
                  seed: int | None = None):
         super().__init__()
         lengths = {len(array) for array in keras.tree.flatten(x)}
-        if lengths != {len(y)}:
-            raise ValueError(f"x has {sorted(lengths)} samples but y has {len(y)}")
+        if len(lengths) != 1 or (y is not None and lengths != {len(y)}):
+            raise ValueError(f"x has {sorted(lengths)} samples but y has {None if y is None else len(y)}")
         self.x, self.y = x, y
+        self.num_samples = lengths.pop()
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self._rng = np.random.default_rng(seed)
         self._order = self._draw_order()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        return math.ceil(self.num_samples / self.batch_size)
 
     def __getitem__(self, index: int):
         picked = self._order[index * self.batch_size:(index + 1) * self.batch_size]
         x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
-        # tf.data's generator signatures take tuples, not lists.
-        return (tuple(x) if isinstance(x, list) else x), _as_float32(self.y[picked])
+        x = tuple(x) if isinstance(x, list) else x  # tf.data's generator signatures take tuples
+        return (x,) if self.y is None else (x, _as_float32(self.y[picked]))
 
     def on_epoch_begin(self) -> None:
         self._order = self._draw_order()
 
     def _draw_order(self) -> np.ndarray:
         if self.shuffle:
-            return self._rng.permutation(len(self.y))
-        return np.arange(len(self.y))
+            return self._rng.permutation(self.num_samples)
+        return np.arange(self.num_samples)
 
 
 def _as_float32(array: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ import keras
 import numpy as np
 
 from tlkit.backbones import select_layers
+from tlkit.batches import ArrayBatches
 from tlkit.features import HEAD_LAYERS, POOL_LAYER, FeatureCache, predict_in_chunks
 from tlkit.model import INPUT_SHAPE, NORMALIZATION_LAYER, PREPARE_LAYER, backbone_of
 
@@ -111,7 +112,8 @@ class BoundaryActivations:
                  ) -> np.ndarray:
         """Pooled backbone features of `images` via their boundary activations (backbone frozen)."""
         arrays = self.get(name, images, on_progress)
-        features = self.split.features_model.predict(arrays, batch_size=self.batch_size, verbose=0)
+        # Batch by batch: Keras would cast all of the float16 activations to float32 at once.
+        features = self.split.features_model.predict(ArrayBatches(arrays, batch_size=self.batch_size), verbose=0)
         return np.asarray(features, dtype="float32")
 
 

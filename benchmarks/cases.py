@@ -20,7 +20,8 @@ import numpy as np
 
 import tlkit
 from benchmarks import seed_style
-from benchmarks.common import DATA_DIR, MB, WEIGHTS, cpu_seconds, phase
+from benchmarks.common import DATA_DIR, MB, WEIGHTS, RssSampler, cpu_seconds, phase, rss_bytes
+from tlkit.batches import ArrayBatches
 from tlkit.config import Config, FinetuneStageConfig, HeadStageConfig, ModelConfig
 from tlkit.data import load_fashion_mnist, stratified_subset
 from tlkit.model import build_classifier, unfreeze_backbone
@@ -238,9 +239,89 @@ def prefixed(name: str, timing: dict, batch_size: int) -> dict:
     }
 
 
+
+# ---- section 5: feeding float16 cached activations ------------------------------------
+
+
+def float16_activations(samples: int, shape: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random float16 (samples, *shape) and int32 labels; filled in float32 chunks of ≤ ~50 MB."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((samples, *shape), dtype="float16")
+    chunk = max(1, int(50 * MB // (4 * math.prod(shape))))
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        x[start:stop] = rng.standard_normal((stop - start, *shape), dtype="float32")
+    return x, rng.integers(0, 10, samples).astype("int32")
+
+
+class EpochMemory(keras.callbacks.Callback):
+    """Seconds of each epoch, its peak RSS (sampled) and the RSS at its end: growth across epochs shows up here."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.peak_mb, self.end_mb = [], [], []
+        self._start, self._sampler = 0.0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._sampler = RssSampler().__enter__()
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._start, 3))
+        self.end_mb.append(round(rss_bytes() / MB, 1))
+        self._sampler.__exit__(None, None, None)
+        self.peak_mb.append(round(self._sampler.peak_mb, 1))
+
+
+def cache_feeding(params: dict, emit) -> dict:
+    """`fit` then `predict` of a small model on a float16 array, fed as numpy arrays or through ArrayBatches.
+
+    The model (1×1 Conv2D to 64 channels → global average pooling → Dense 10) is cheap, so what `fit` and
+    `predict` add to host memory is the feeding. Keras' array adapter casts the whole float16 array to float32
+    before slicing batches; ArrayBatches casts one batch at a time.
+    """
+    keras.utils.set_random_seed(params["seed"])
+    x, y = float16_activations(params["samples"], params["shape"], params["seed"])
+    inputs = keras.Input(tuple(params["shape"]))
+    hidden = keras.layers.Conv2D(64, 1, activation="relu")(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(hidden))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    keras_arrays = params["feeding"] == "keras"
+    epochs, batch_size = params["epochs"], params["batch_size"]
+    monitor = EpochMemory()
+    record = {}
+    gc.collect()
+    # The sampler starts after the array is filled and the model built: its increase is what feeding adds.
+    with phase(record, "fit"):
+        if keras_arrays:
+            history = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, callbacks=[monitor],
+                                verbose=0)
+        else:
+            history = model.fit(ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"]), epochs=epochs,
+                                shuffle=False, callbacks=[monitor], verbose=0)
+    result = {"feeding": params["feeding"], "array": describe_array(x), "params": model.count_params(),
+              "fit": {**record["fit"], "epoch_seconds": monitor.seconds, "epoch_peak_rss_mb": monitor.peak_mb,
+                      "epoch_end_rss_mb": monitor.end_mb,
+                      "loss": [round(float(value), 4) for value in history.history["loss"]]}}
+    emit(result)
+    del history
+    gc.collect()
+    predict_batch = params["predict_batch_size"]
+    with phase(record, "predict"):
+        if keras_arrays:
+            predictions = model.predict(x, batch_size=predict_batch, verbose=0)
+        else:
+            predictions = model.predict(ArrayBatches(x, batch_size=predict_batch), verbose=0)
+    result["predict"] = {**record["predict"], "output": describe_array(np.asarray(predictions))}
+    return result
+
+
 CASES = {
     "pipeline_seed_style": pipeline_seed_style,
     "pipeline_tlkit": pipeline_tlkit,
     "tlkit_train": tlkit_train,
     "backend_throughput": backend_throughput,
+    "cache_feeding": cache_feeding,
 }

@@ -585,11 +585,152 @@ def bfloat16_verdicts(found: dict[str, list[dict]], sizes: list[int]) -> str:
                      for backend, (inference, training) in bfloat16_means(found, sizes).items())
 
 
+
+# ---- 5. cache feeding ----------------------------------------------------------------------------
+#
+# Memory ratios divide by what ArrayBatches added; below MEMORY_FLOOR_MB that is allocator noise (predict can
+# reuse memory fit freed), so the ratio is a lower bound against the floor, shown as "≥".
+
+MEMORY_FLOOR_MB = 10.0
+
+
+def memory_ratio(keras_mb: float, batches_mb: float) -> str:
+    if batches_mb < MEMORY_FLOOR_MB:
+        return f"≥ {keras_mb / MEMORY_FLOOR_MB:,.0f}×"
+    return times(ratio(keras_mb, batches_mb))
+
+
+def steady_epoch_seconds(fit: dict) -> float | None:
+    """Mean seconds of the epochs after the first (which also traces/compiles); the only epoch if just one."""
+    seconds = fit.get("epoch_seconds") or []
+    steady = seconds[1:] or seconds
+    return sum(steady) / len(steady) if steady else None
+
+
+def rss_growth(fit: dict) -> float | None:
+    """RSS at the last epoch end minus RSS at the first: what each further epoch kept."""
+    ends = fit.get("epoch_end_rss_mb") or []
+    return ends[-1] - ends[0] if len(ends) > 1 else None
+
+
+def transient_mb(fit: dict) -> float:
+    """The most an epoch's sampled peak rose above the RSS at its end: memory taken and given back per epoch."""
+    return max((peak - end for peak, end in zip(fit["epoch_peak_rss_mb"], fit["epoch_end_rss_mb"])), default=0.0)
+
+
+def feeding_pair(group: list[dict]) -> tuple[dict | None, dict | None]:
+    return find(group, "cache_feeding", "Keras arrays"), find(group, "cache_feeding", "ArrayBatches")
+
+
+def feeding_fit_row(report: dict | None, name: str, other: dict | None) -> tuple:
+    if not ok(report):
+        return (name, failure(report) if report else "not run", *["–"] * 8)
+    result = report["result"]
+    fit = result["fit"]
+    share = ""
+    if name == "Keras arrays" and ok(other):
+        share = memory_ratio(fit["rss_increase_mb"], other["result"]["fit"]["rss_increase_mb"])
+    ends = " / ".join(num(value, 0) for value in fit["epoch_end_rss_mb"])
+    return (name, num(result["array"]["mb"], 0), num(fit["rss_increase_mb"], 0), share,
+            f"{num(fit['rss_start_mb'], 0)} → {ends}", " / ".join(num(v, 0) for v in fit["epoch_peak_rss_mb"]),
+            f"{' / '.join(num(v, 1) for v in fit['epoch_seconds'])} ({num(steady_epoch_seconds(fit), 1)})",
+            num(fit["seconds"], 1), num(fit["loss"][-1], 3), num(fit["cpu_utilisation"], 2))
+
+
+def feeding_predict_row(report: dict | None, name: str, other: dict | None) -> tuple:
+    if not ok(report) or "predict" not in report["result"]:
+        return (name, failure(report) if report and failure(report) else "not run", *["–"] * 5)
+    result = report["result"]
+    predict = result["predict"]
+    share = ""
+    if name == "Keras arrays" and ok(other) and "predict" in other["result"]:
+        share = memory_ratio(predict["rss_increase_mb"], other["result"]["predict"]["rss_increase_mb"])
+    return (name, num(result["array"]["mb"], 0), num(predict["rss_start_mb"], 0), num(predict["rss_increase_mb"], 0),
+            share, num(predict["seconds"], 1), num(report["process"]["peak_rss_mb"], 0))
+
+
+def growth_phrase(fit: dict, array_mb: float) -> str:
+    growth = rss_growth(fit)
+    if growth is None:
+        return "one epoch only"
+    epochs = len(fit["epoch_end_rss_mb"])
+    # Within 5% of the array (or the floor): allocator noise, not a copy kept per epoch.
+    if abs(growth) <= max(0.05 * array_mb, MEMORY_FLOOR_MB):
+        return f"flat from epoch 1 to {epochs} ({growth:+,.0f} MB)"
+    return f"{'up' if growth > 0 else 'down'} {abs(growth):,.0f} MB from epoch 1 to {epochs}"
+
+
+def feeding_verdict(backend: str, keras_arrays: dict | None, batches: dict | None) -> str:
+    if not ok(keras_arrays) or not ok(batches):
+        return f"- {backend}: no comparison (a case failed)."
+    a, b = keras_arrays["result"], batches["result"]
+    array_mb = a["array"]["mb"]
+    fit_a, fit_b = a["fit"], b["fit"]
+    line = (f"- {backend}: `fit` with Keras arrays added {num(fit_a['rss_increase_mb'], 0)} MB "
+            f"({fit_a['rss_increase_mb'] / array_mb:.1f}× the float16 array; a float32 copy of it is 2×), with "
+            f"ArrayBatches {num(fit_b['rss_increase_mb'], 0)} MB ({fit_b['rss_increase_mb'] / array_mb:.1f}×): "
+            f"**{memory_ratio(fit_a['rss_increase_mb'], fit_b['rss_increase_mb'])}** as much with Keras arrays. "
+            f"Epoch-end RSS: Keras arrays {growth_phrase(fit_a, array_mb)}, ArrayBatches "
+            f"{growth_phrase(fit_b, array_mb)}; an epoch's peak above its end RSS: up to "
+            f"{num(transient_mb(fit_a), 0)} MB ({transient_mb(fit_a) / array_mb:.1f}× the array) vs "
+            f"{num(transient_mb(fit_b), 0)} MB. Time, ArrayBatches / Keras arrays: whole "
+            f"`fit` {times(ratio(fit_b['seconds'], fit_a['seconds']))}, steady epochs "
+            f"{times(ratio(steady_epoch_seconds(fit_b), steady_epoch_seconds(fit_a)))}.")
+    if "predict" in a and "predict" in b:
+        line += (f" `predict` added {num(a['predict']['rss_increase_mb'], 0)} MB vs "
+                 f"{num(b['predict']['rss_increase_mb'], 0)} MB "
+                 f"({memory_ratio(a['predict']['rss_increase_mb'], b['predict']['rss_increase_mb'])}) and took "
+                 f"{times(ratio(b['predict']['seconds'], a['predict']['seconds']))} the time with ArrayBatches.")
+    return line
+
+
+def render_cache_feeding(reports: list[dict], settings: dict) -> str:
+    shape = "×".join(str(size) for size in settings["shape"])
+    array_mb = settings["samples"] * math.prod(settings["shape"]) * 2 / MB
+    parts = [
+        f"A random float16 array of {settings['samples']:,} samples × {shape} ({array_mb:,.0f} MB; shaped like "
+        "the boundary activations of `--unfreeze conv5` at 72 px) and int32 labels, filled before measuring. A "
+        "small model consumes it (1×1 Conv2D to 64 channels → global average pooling → Dense 10; Adam, sparse "
+        "cross-entropy), so compute is cheap and host memory is dominated by how the array is fed. *Keras "
+        f"arrays*: `model.fit(x, y, batch_size={settings['batch_size']}, shuffle=True)` and `model.predict(x, "
+        f"batch_size={settings['predict_batch_size']})`, i.e. Keras' array adapter. *ArrayBatches*: "
+        f"`model.fit(ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42), shuffle=False)` and "
+        f"`model.predict(ArrayBatches(x, batch_size={settings['predict_batch_size']}))`, as tlkit's `run_stage` "
+        "and `BoundaryActivations.features` feed float16 caches. Each feeding runs in its own child process per "
+        f"backend: `fit` for {settings['epochs']} epochs, then `predict`. *Memory added* is the peak RSS sampled "
+        "every 5 ms during the call minus the RSS just before it; `predict` starts from whatever `fit` left "
+        "resident (its *RSS before* column) and may reuse memory `fit` freed. *Keras / ArrayBatches* divides the "
+        f"two; when ArrayBatches added under {MEMORY_FLOOR_MB:.0f} MB it divides by {MEMORY_FLOOR_MB:.0f} MB "
+        "instead (a lower bound, ≥). *RSS before → at each epoch end*: the RSS just before `fit`, then the RSS "
+        "read by an `on_epoch_end` callback; *peak RSS per epoch* is sampled during each epoch. Memory kept from "
+        "one epoch to the next shows up as growth of the epoch-end RSS, memory taken and given back within an "
+        "epoch as a peak above it. *s per epoch* runs from `on_epoch_begin` to `on_epoch_end` (the first epoch "
+        "also traces/compiles; the mean of the later ones is in parentheses); *fit (s)* is the whole call, "
+        "including what the data adapter does before the first epoch begins.",
+    ]
+    groups = by_backend(reports)
+    for backend, group in groups.items():
+        keras_arrays, batches = feeding_pair(group)
+        fit_rows = [feeding_fit_row(keras_arrays, "Keras arrays", batches),
+                    feeding_fit_row(batches, "ArrayBatches", keras_arrays)]
+        predict_rows = [feeding_predict_row(keras_arrays, "Keras arrays", batches),
+                        feeding_predict_row(batches, "ArrayBatches", keras_arrays)]
+        parts.append(f"**{backend}**\n\n`fit`, {settings['epochs']} epochs:\n\n" + table(
+            ("feeding", "array (MB)", "memory added (MB)", "Keras / ArrayBatches", "RSS before → at each epoch "
+             "end (MB)", "peak RSS per epoch (MB)", "s per epoch (steady)", "fit (s)", "final loss", "CPU util."),
+            fit_rows)
+            + "\n\n`predict`:\n\n" + table(
+            ("feeding", "array (MB)", "RSS before (MB)", "memory added (MB)", "Keras / ArrayBatches", "seconds",
+             "process peak RSS (MB)"), predict_rows))
+    parts.append("\n".join(feeding_verdict(backend, *feeding_pair(group)) for backend, group in groups.items()))
+    return "\n\n".join(parts)
+
 RENDERERS = {
     "pipeline": render_pipeline,
     "feature_cache": render_feature_cache,
     "boundary_cache": render_boundary_cache,
     "backends": render_backends,
+    "cache_feeding": render_cache_feeding,
 }
 
 
@@ -615,18 +756,22 @@ def render(runs: list[dict]) -> str:
         render_machine(info, main["total_seconds"] or 0.0),
     ]
     for name in SECTIONS:
+        first = True  # a section missing from the main run gets its heading from the first run that has it
         for index, run in enumerate(runs):
             if name not in run["sections"]:
                 continue
             section = SECTIONS[name]
             number = list(SECTIONS).index(name) + 1  # stable numbers, also in a partial run
+            extra = run["info"]
+            by = (f"By `{extra['command']}` ({run['mode']} mode) on {extra['date']}, "
+                  f"{(run['total_seconds'] or 0) / 60:.1f} min, code at {extra['code']}.")
             if index == 0:
                 parts.append(f"## {number}. {section.title}")
+            elif first:
+                parts.append(f"## {number}. {section.title}\n\n{by}")
             else:
-                extra = run["info"]
-                parts.append(f"### {number}. {section.title}: re-measured\n\nBy `{extra['command']}` "
-                             f"({run['mode']} mode) on {extra['date']}, {(run['total_seconds'] or 0) / 60:.1f} min, "
-                             f"code at {extra['code']}.")
+                parts.append(f"### {number}. {section.title}: re-measured\n\n{by}")
+            first = False
             section_reports = [report for report in run["reports"] if report["section"] == name]
             parts.append(RENDERERS[name](section_reports, section.settings[run["mode"]]))
             note = load_note(section_reports)
@@ -693,16 +838,30 @@ def summary_backends(reports: list[dict], mode: str) -> list[tuple]:
             for backend, (inference, training) in bfloat16_means(measurements(reports), sizes).items()]
 
 
+def summary_cache_feeding(reports: list[dict], mode: str) -> list[tuple]:
+    return []  # no target of issue 4 is about feeding; the section states its own ratios
+
+
 SUMMARIES = {
     "pipeline": summary_pipeline,
     "feature_cache": summary_feature_cache,
     "boundary_cache": summary_boundary_cache,
     "backends": summary_backends,
+    "cache_feeding": summary_cache_feeding,
 }
 
 
 def re_measured_note(runs: list[dict]) -> str:
     if len(runs) == 1:
         return ""
-    commands = "; ".join(f"`{run['info']['command']}`" for run in runs[1:])
-    return f", with sections re-measured by {commands} (marked where they appear)"
+    seen, re_measuring, adding = set(runs[0]["sections"]), [], []
+    for run in runs[1:]:
+        # A run whose sections are all new adds them; any other later run re-measures.
+        (re_measuring if seen & set(run["sections"]) else adding).append(f"`{run['info']['command']}`")
+        seen |= set(run["sections"])
+    note = ""
+    if re_measuring:
+        note = f", with sections re-measured by {'; '.join(re_measuring)} (marked where they appear)"
+    if adding:
+        note += f"{' and' if re_measuring else ', with'} sections added by {'; '.join(adding)}"
+    return note

@@ -174,6 +174,24 @@ def plan_backends(settings: dict, workdir: Path) -> list[Case]:
     return [Case("throughput grid", "backend_throughput", settings, 900)]
 
 
+
+# ---- 5. feeding float16 cached activations to fit / predict ---------------------------------
+
+# A float16 array shaped like the boundary activations of `--unfreeze conv5` at 72 px (ResNet50's conv4 output,
+# 5×5×1024), 51,200 bytes a sample: 10,000 samples are 512 MB (a float32 copy 1 GB), 1,200 are 61 MB.
+CACHE_FEEDING_SETTINGS = {
+    "quick": {"samples": 1200, "shape": [5, 5, 1024], "epochs": 2, "batch_size": 64, "predict_batch_size": 256},
+    "full": {"samples": 10000, "shape": [5, 5, 1024], "epochs": 3, "batch_size": 64, "predict_batch_size": 256},
+}
+
+
+def plan_cache_feeding(settings: dict, workdir: Path) -> list[Case]:
+    # One child per feeding, so the peak of one never shows up in the other.
+    params = {**settings, "seed": SEED}
+    return [Case("Keras arrays", "cache_feeding", {**params, "feeding": "keras"}, 1800),
+            Case("ArrayBatches", "cache_feeding", {**params, "feeding": "array_batches"}, 1800)]
+
+
 SECTIONS = {
     "pipeline": Section("pipeline", "Pipeline: seed-style host preprocessing vs tlkit's in-graph pipeline",
                         ("tensorflow",), PIPELINE_SETTINGS, plan_pipeline),
@@ -184,4 +202,6 @@ SECTIONS = {
     "backends": Section("backends", "Per-backend throughput, float32 vs mixed precision",
                         (*BACKENDS, TORCH_PASSIVE), {mode: throughput_settings(mode) for mode in ("quick", "full")},
                         plan_backends),
+    "cache_feeding": Section("cache_feeding", "Feeding float16 cached activations: Keras' array adapter vs "
+                             "ArrayBatches", BACKENDS, CACHE_FEEDING_SETTINGS, plan_cache_feeding),
 }

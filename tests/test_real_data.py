@@ -2,9 +2,13 @@
 
 The accuracy check is a short head-only run (2,000 training images, 32 px, 3 epochs, cached
 features) with the ImageNet weights against the same run with random weights. Calibration on this
-2-core machine: correct preprocessing 0.764 (jax), 0.792 (tensorflow), 0.767 (torch); random
-weights 0.44-0.53; ImageNet weights with pixels/255 0.527 and with torchvision mean/std
-normalisation 0.721 (torch). The thresholds below pass the first and reject all the others.
+2-core machine with Keras' array feeding: correct preprocessing 0.764 (jax), 0.792 (tensorflow),
+0.767 (torch); random weights 0.44-0.53; ImageNet weights with pixels/255 0.527 and with
+torchvision mean/std normalisation 0.721 (torch). Again after the switch to `ArrayBatches` (a new
+batch order): correct 0.757 (tensorflow), 0.768 (jax), 0.769 (torch); random 0.608, 0.557, 0.593.
+The floor of 0.745 passes correct preprocessing and rejects both wrong ones; the margin over
+random weights (0.10) shows the weights load and help, with room for the batch-order noise of the
+random baseline.
 """
 
 import numpy as np
@@ -51,4 +55,4 @@ def test_imagenet_weights_beat_random_weights_on_real_data(real_data_dir, real_w
     print(f"ImageNet weights: {accuracy:.4f}, random weights: {baseline:.4f}")
     assert pretrained.metrics()["feature_cache"]["used"]
     assert accuracy >= 0.745, accuracy
-    assert accuracy >= baseline + 0.15, (accuracy, baseline)
+    assert accuracy >= baseline + 0.10, (accuracy, baseline)

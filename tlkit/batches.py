@@ -60,7 +60,8 @@ class ArrayBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         picked = self._order[index * self.batch_size:(index + 1) * self.batch_size]
         x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
-        x = tuple(x) if isinstance(x, list) else x  # tf.data's generator signatures take tuples
+        if isinstance(x, list):  # tf.data's generator signatures take tuples, and one input needs none
+            x = x[0] if len(x) == 1 else tuple(x)
         return (x,) if self.y is None else (x, _as_float32(self.y[picked]))
 
     def on_epoch_begin(self) -> None:

@@ -239,7 +239,6 @@ def prefixed(name: str, timing: dict, batch_size: int) -> dict:
     }
 
 
-
 # ---- section 5: feeding float16 cached activations ------------------------------------
 
 
@@ -288,19 +287,19 @@ def cache_feeding(params: dict, emit) -> dict:
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    keras_arrays = params["feeding"] == "keras"
-    epochs, batch_size = params["epochs"], params["batch_size"]
+    epochs, batch_size, predict_batch = params["epochs"], params["batch_size"], params["predict_batch_size"]
+    if params["feeding"] == "keras":
+        fit_data, fit_options = (x, y), {"batch_size": batch_size, "shuffle": True}
+        predict_data, predict_options = x, {"batch_size": predict_batch}
+    else:
+        fit_data, fit_options = (ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"]),), {"shuffle": False}
+        predict_data, predict_options = ArrayBatches(x, batch_size=predict_batch), {}
     monitor = EpochMemory()
     record = {}
     gc.collect()
     # The sampler starts after the array is filled and the model built: its increase is what feeding adds.
     with phase(record, "fit"):
-        if keras_arrays:
-            history = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, callbacks=[monitor],
-                                verbose=0)
-        else:
-            history = model.fit(ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"]), epochs=epochs,
-                                shuffle=False, callbacks=[monitor], verbose=0)
+        history = model.fit(*fit_data, epochs=epochs, callbacks=[monitor], verbose=0, **fit_options)
     result = {"feeding": params["feeding"], "array": describe_array(x), "params": model.count_params(),
               "fit": {**record["fit"], "epoch_seconds": monitor.seconds, "epoch_peak_rss_mb": monitor.peak_mb,
                       "epoch_end_rss_mb": monitor.end_mb,
@@ -308,12 +307,8 @@ def cache_feeding(params: dict, emit) -> dict:
     emit(result)
     del history
     gc.collect()
-    predict_batch = params["predict_batch_size"]
     with phase(record, "predict"):
-        if keras_arrays:
-            predictions = model.predict(x, batch_size=predict_batch, verbose=0)
-        else:
-            predictions = model.predict(ArrayBatches(x, batch_size=predict_batch), verbose=0)
+        predictions = model.predict(predict_data, verbose=0, **predict_options)
     result["predict"] = {**record["predict"], "output": describe_array(np.asarray(predictions))}
     return result
 

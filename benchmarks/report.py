@@ -585,7 +585,6 @@ def bfloat16_verdicts(found: dict[str, list[dict]], sizes: list[int]) -> str:
                      for backend, (inference, training) in bfloat16_means(found, sizes).items())
 
 
-
 # ---- 5. cache feeding ----------------------------------------------------------------------------
 #
 # Memory ratios divide by what ArrayBatches added; below MEMORY_FLOOR_MB that is allocator noise (predict can
@@ -725,6 +724,7 @@ def render_cache_feeding(reports: list[dict], settings: dict) -> str:
     parts.append("\n".join(feeding_verdict(backend, *feeding_pair(group)) for backend, group in groups.items()))
     return "\n\n".join(parts)
 
+
 RENDERERS = {
     "pipeline": render_pipeline,
     "feature_cache": render_feature_cache,
@@ -756,10 +756,9 @@ def render(runs: list[dict]) -> str:
         render_machine(info, main["total_seconds"] or 0.0),
     ]
     for name in SECTIONS:
-        first = True  # a section missing from the main run gets its heading from the first run that has it
-        for index, run in enumerate(runs):
-            if name not in run["sections"]:
-                continue
+        holders = [index for index, run in enumerate(runs) if name in run["sections"]]
+        for index in holders:
+            run = runs[index]
             section = SECTIONS[name]
             number = list(SECTIONS).index(name) + 1  # stable numbers, also in a partial run
             extra = run["info"]
@@ -767,11 +766,10 @@ def render(runs: list[dict]) -> str:
                   f"{(run['total_seconds'] or 0) / 60:.1f} min, code at {extra['code']}.")
             if index == 0:
                 parts.append(f"## {number}. {section.title}")
-            elif first:
+            elif index == holders[0]:  # a section the main run lacks: headed by the first run that has it
                 parts.append(f"## {number}. {section.title}\n\n{by}")
             else:
                 parts.append(f"### {number}. {section.title}: re-measured\n\n{by}")
-            first = False
             section_reports = [report for report in run["reports"] if report["section"] == name]
             parts.append(RENDERERS[name](section_reports, section.settings[run["mode"]]))
             note = load_note(section_reports)

@@ -174,14 +174,14 @@ def plan_backends(settings: dict, workdir: Path) -> list[Case]:
     return [Case("throughput grid", "backend_throughput", settings, 900)]
 
 
-
 # ---- 5. feeding float16 cached activations to fit / predict ---------------------------------
 
 # A float16 array shaped like the boundary activations of `--unfreeze conv5` at 72 px (ResNet50's conv4 output,
 # 5×5×1024), 51,200 bytes a sample: 10,000 samples are 512 MB (a float32 copy 1 GB), 1,200 are 61 MB.
+FEEDING_ARRAY = {"shape": [5, 5, 1024], "batch_size": 64, "predict_batch_size": 256}
 CACHE_FEEDING_SETTINGS = {
-    "quick": {"samples": 1200, "shape": [5, 5, 1024], "epochs": 2, "batch_size": 64, "predict_batch_size": 256},
-    "full": {"samples": 10000, "shape": [5, 5, 1024], "epochs": 3, "batch_size": 64, "predict_batch_size": 256},
+    "quick": {**FEEDING_ARRAY, "samples": 1200, "epochs": 2},
+    "full": {**FEEDING_ARRAY, "samples": 10000, "epochs": 3},
 }
 
 

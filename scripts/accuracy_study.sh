@@ -44,7 +44,7 @@ case ${1:-} in
     ;;
   depth)
     # Unfreeze depth: the recipe's conv5 is the final tensorflow run and none is abl-head-baseline;
-    # this adds the seed's last 16 layers (not yet run: it did not fit the session's machine time).
+    # this adds the seed's last 16 layers.
     train abl-unfreeze-16 --unfreeze 16
     ;;
   *)

@@ -2,7 +2,11 @@
 
 Started by `benchmarks.run` with `KERAS_BACKEND` set in the environment:
 
-    python -m benchmarks.child --case tlkit_train --params '{...}' --out report.json
+    python -m benchmarks.child --section feature_cache --case tlkit_train --params '{...}' --out report.json
+
+The case function is `SECTIONS[section].cases[case]`, defined in (or imported by)
+`benchmarks/sections/<section>.py`; it imports Keras when called, which fixes
+the backend for this process.
 
 The report holds the case's result (or the error) and this process's own
 figures: wall and CPU time, load average, and peak RSS from
@@ -19,18 +23,20 @@ import sys
 import time
 import traceback
 
-from benchmarks.common import cpu_seconds, load_average, peak_rss_mb, write_json
+from benchmarks.common import cpu_seconds, load_average, peak_rss_mb
+from tlkit.runs import write_json
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", required=True)
+    parser.add_argument("--section", required=True, help="the section whose case function runs")
+    parser.add_argument("--case", required=True, help="the name of the case function in that section")
     parser.add_argument("--params", required=True, help="JSON parameters of the case")
     parser.add_argument("--out", required=True, help="where the JSON report goes")
     args = parser.parse_args(argv)
     started, load_start = time.perf_counter(), load_average()
-    report = {"case": args.case, "backend": os.environ.get("KERAS_BACKEND"), "params": json.loads(args.params),
-              "result": None, "error": None}
+    report = {"section": args.section, "case": args.case, "backend": os.environ.get("KERAS_BACKEND"),
+              "params": json.loads(args.params), "result": None, "error": None}
 
     def finish_process_figures():
         wall = time.perf_counter() - started
@@ -45,9 +51,10 @@ def main(argv=None) -> int:
 
     status = 0
     try:
-        from benchmarks import cases  # imports Keras: the backend is fixed from here on
+        from benchmarks.sections import SECTIONS
 
-        report["result"] = cases.CASES[args.case](report["params"], emit)
+        case = SECTIONS[args.section].cases[args.case]  # imports Keras when called: the backend is fixed then
+        report["result"] = case(report["params"], emit)
     except BaseException as error:  # the parent reports it and goes on with the next case
         traceback.print_exc()
         report["error"] = f"{type(error).__name__}: {str(error).strip()[:500]}"

@@ -1,5 +1,9 @@
 """Helpers shared by the benchmark parent and its children; no Keras import here.
 
+Inputs (the real data and weights), memory and time measurement, and small
+helpers the case functions of several sections use. JSON is written with
+`tlkit.runs.write_json` (atomic).
+
 Memory is measured two ways, both inside the child process that did the work:
 
 - `peak_rss_mb()`: `resource.getrusage(RUSAGE_SELF).ru_maxrss`, the kernel's
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import threading
@@ -27,6 +32,7 @@ SHARED = REPO_ROOT.parent / "shared"
 DATA_DIR = Path(os.environ.get("TLKIT_BENCH_DATA", SHARED / "data" / "fashion-mnist"))
 WEIGHTS = Path(os.environ.get("TLKIT_BENCH_WEIGHTS", SHARED / "weights" / "resnet50_imagenet_notop.weights.h5"))
 MB = 1e6
+SEED = 42  # every case's random seed
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -119,16 +125,33 @@ def phase(record: dict, name: str):
     }
 
 
-def write_json(path: str | os.PathLike, value) -> None:
-    """Writes JSON atomically, so a parent never reads half a file."""
-    path = Path(path)
-    temp = path.with_suffix(path.suffix + ".tmp")
-    temp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(temp, path)
-
-
 def read_json(path: str | os.PathLike):
+    """The JSON in `path`, or None when it is missing or half-written."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+# ---- used by the case functions (child side) -----------------------------------------------------
+
+
+def train_subset(count: int, seed: int = SEED):
+    """A stratified subset of the real training set: uint8 (N, 28, 28, 1) images and int32 labels."""
+    import numpy as np
+
+    from tlkit.data import load_fashion_mnist, stratified_subset
+
+    (images, labels), _ = load_fashion_mnist(DATA_DIR)
+    chosen = stratified_subset(labels, count, seed)
+    return np.ascontiguousarray(images[chosen][..., None]), labels[chosen].astype("int32")
+
+
+def describe_array(array) -> dict:
+    """Shape, dtype and size in MB of a numpy array."""
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "mb": round(array.nbytes / MB, 2)}
+
+
+def trainable_count(model) -> int:
+    """Number of trainable parameters of a Keras model."""
+    return int(sum(math.prod(w.shape) for w in model.trainable_weights))

@@ -3,11 +3,13 @@
     python -m benchmarks.run                        # full mode → docs/performance.md (~25 min on 2 cores)
     python -m benchmarks.run --quick                # small sizes, a few minutes → a file in the temp dir
     python -m benchmarks.run --only backends --backends jax,torch,torch+OMP_WAIT_POLICY=PASSIVE
+    python -m benchmarks.run --render benchmarks/results/*.json --output docs/performance.md
 
 Every case runs in a fresh child process (`benchmarks.child`) with
 `KERAS_BACKEND` set in its environment; this parent never imports Keras.
 Only a full run of every section writes docs/performance.md by default, so a
-quick or partial run never overwrites the published numbers.
+quick or partial run never overwrites the published numbers; `--render`
+rebuilds the document from saved results.json files.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import time
 from pathlib import Path
 
 from benchmarks import report as markdown
-from benchmarks.common import REPO_ROOT, missing_inputs, read_json, write_json
+from benchmarks.common import REPO_ROOT, missing_inputs, read_json
 from benchmarks.sections import SECTIONS, Case, Section, parse_backend
+from tlkit.runs import write_json
 
 DOC = REPO_ROOT / "docs" / "performance.md"
 
@@ -37,14 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--backends", default="",
                         help="comma-separated backends for every section, each optionally with extra environment "
-                             "variables for its child: torch+OMP_WAIT_POLICY=PASSIVE (default: tensorflow for "
-                             "sections 1-3; tensorflow, jax, torch and torch+OMP_WAIT_POLICY=PASSIVE for backends)")
+                             "variables for its child: torch+OMP_WAIT_POLICY=PASSIVE (default: "
+                             + "; ".join(f"{name} {', '.join(section.default_backends)}"
+                                         for name, section in SECTIONS.items()) + ")")
     parser.add_argument("--output", default="", help="markdown file to write (default: docs/performance.md for a "
                                                       "full run of every section, else a file in the work dir)")
     parser.add_argument("--keep", action="store_true", help="keep run directories and caches in the work dir")
-    parser.add_argument("--render", default="", metavar="RESULTS_JSON[,RESULTS_JSON…]",
-                        help="measure nothing: re-render the markdown from saved results.json files; sections of "
-                             "later files are added as re-measurements")
+    parser.add_argument("--render", nargs="+", default=[], metavar="RESULTS_JSON",
+                        help="measure nothing: render the markdown from saved results.json files (separated by "
+                             "spaces or commas, in any order); each section shows the latest run that measured it, "
+                             "per backend, and the summary's older figures go to a History section")
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.only.split(",") if name.strip()] or list(SECTIONS)
     unknown = [name for name in args.sections if name not in SECTIONS]
@@ -62,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
-        paths = [Path(path) for path in args.render.split(",") if path]
+        paths = [Path(path) for paths in args.render for path in paths.split(",") if path]
         return rerender(paths, Path(args.output) if args.output else None)
     command = "python -m benchmarks.run" + (" " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     missing = missing_inputs()
@@ -78,7 +83,8 @@ def main(argv=None) -> int:
     print(f"tlkit benchmarks ({mode}); work dir {workdir}", flush=True)
     started = time.perf_counter()
     reports = []
-    results = {"info": info, "mode": mode, "sections": args.sections, "reports": reports, "total_seconds": None}
+    results = {"info": info, "mode": mode, "sections": args.sections, "reports": reports, "total_seconds": None,
+               "settings": {name: SECTIONS[name].settings[mode] for name in args.sections}}
     for name in args.sections:
         section = SECTIONS[name]
         for backend in args.backend_list or section.default_backends:
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
 
 
 def rerender(paths: list[Path], output: Path | None) -> int:
-    """Writes the markdown again from saved results.json files (the first is the main run)."""
+    """Writes the markdown from saved results.json files (default output: next to the first)."""
     runs = [read_json(path) for path in paths]
     if not runs or not all(runs):
         print(f"cannot read {', '.join(str(path) for path, run in zip(paths, runs) if not run)}", file=sys.stderr)
@@ -122,7 +128,7 @@ def run_case(section: Section, case: Case, backend: str, workdir: Path, index: i
     env = {**os.environ, **extra_env, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2",
            # Keep every run directory and cache inside the work dir, never in ~/.cache or ./runs.
            "TLKIT_CACHE_DIR": str(workdir / "cache" / "default"), "TLKIT_RUNS_DIR": str(workdir / "runs")}
-    command = [sys.executable, "-m", "benchmarks.child", "--case", case.function,
+    command = [sys.executable, "-m", "benchmarks.child", "--section", section.name, "--case", case.function,
                "--params", json.dumps(case.params), "--out", str(out)]
     print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {section.name} / {backend} / {case.label} …",
           flush=True)

@@ -23,8 +23,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from tlkit.config import STAGES
+
 COLORS = qualitative.Plotly
-STAGES = ("head", "finetune")
 
 
 def color(index: int) -> str:

@@ -142,10 +142,6 @@ def preset_values(preset: str) -> dict[str, Any]:
     return {spec.key: spec.get(config) for spec in field_specs(Config)}
 
 
-def config_values(config: Config) -> dict[str, Any]:
-    return {spec.key: spec.get(config) for spec in field_specs(Config)}
-
-
 def normalise(key: str, value: Any) -> Any:
     """Form value → config value: typed text, '' for optional fields, ints from sliders."""
     spec = specs_by_key()[key]

@@ -75,7 +75,7 @@ def cancel_run(run: runs.Run) -> str:
         status = run.status()
         state = status.get("state")
         if state == "queued":
-            run.update_status(state="cancelled", finished_at=worker.now(), error=None)
+            run.update_status(state="cancelled", finished_at=runs.now(), error=None)
             return f"{run.run_id}: cancelled before it started."
         if state != "running":
             return f"{run.run_id} is {state}; nothing to cancel."

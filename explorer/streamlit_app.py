@@ -4,17 +4,9 @@ A thin entry page: settings, the sidebar's queue status and navigation. The
 pages live in `explorer/views/`, their logic in the modules beside this file.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-# `streamlit run explorer` puts explorer/ (not the repo) on sys.path; tlkit may not be installed.
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-import streamlit as st  # noqa: E402
-
-from explorer import session, ui  # noqa: E402
+from explorer import session, ui  # the `explorer` package: installed with `pip install -e ".[explorer]"`
 
 st.set_page_config(page_title="tlkit explorer", page_icon=":material/science:", layout="wide")
 runs_dir = session.runs_dir()

@@ -16,10 +16,10 @@ import streamlit as st
 
 from explorer import forms, launcher, tables, worker
 from tlkit import runs
-from tlkit.config import LOCAL_BACKBONES, PRESETS
+from tlkit.config import BACKBONE_BLOCKS, KERAS_HUB_PREFIX, LOCAL_BACKBONES, PRESETS, ConfigError, UnfreezeSpec
 
 DEFAULT_PRESET = "smoke" if "smoke" in PRESETS else next(iter(PRESETS))
-KERAS_HUB_CHOICE = "keras_hub:…"
+KERAS_HUB_CHOICE = f"{KERAS_HUB_PREFIX}…"
 WEIGHTS_FILE_CHOICE = "weights file…"
 LAYERS_MODE, BLOCK_MODE = "last N layers", "backbone block"
 
@@ -28,31 +28,18 @@ def wkey(key: str, part: str = "") -> str:
     return f"cfg:{key}:{part}" if part else f"cfg:{key}"
 
 
-# ---- backbone facts from the core (optional) ------------------------------------
+# ---- backbone facts (a static table in tlkit.config: no Keras in this process) ----
 
 
-@st.cache_data(show_spinner=False)
 def backbone_names() -> list[str]:
-    """The registry's backbones if the core exposes them, else the config's local list."""
-    try:
-        from tlkit import backbones
-
-        return [str(name) for name in backbones.list_backbones()]
-    except Exception:  # noqa: BLE001  not in the core (yet), or Keras fails to import: use the config's list
-        return list(LOCAL_BACKBONES)
+    """The built-in backbones (`tlkit.config.LOCAL_BACKBONES`)."""
+    return list(LOCAL_BACKBONES)
 
 
-@st.cache_data(show_spinner="Reading the backbone's block names…")
 def block_names(backbone: str) -> list[str] | None:
-    """`tlkit.backbones.list_blocks(backbone)`; None when unavailable (a text box is shown)."""
-    if not backbone or backbone.endswith(":"):  # a keras-hub preset still being typed
-        return None
-    try:
-        from tlkit.backbones import list_blocks
-
-        return [str(name) for name in list_blocks(backbone)] or None
-    except Exception:  # noqa: BLE001  building a backbone can fail many ways; the form falls back to text
-        return None
+    """A built-in backbone's block names in layer order; None for keras-hub ones (a text box is shown)."""
+    blocks = BACKBONE_BLOCKS.get(backbone)
+    return list(blocks) if blocks else None
 
 
 # ---- the config form ------------------------------------------------------------
@@ -63,7 +50,7 @@ def _seed_backbone(value: str) -> None:
         st.session_state[wkey("model.backbone", "choice")] = value
     else:
         st.session_state[wkey("model.backbone", "choice")] = KERAS_HUB_CHOICE
-        st.session_state[wkey("model.backbone", "hub")] = value.removeprefix("keras_hub:")
+        st.session_state[wkey("model.backbone", "hub")] = value.removeprefix(KERAS_HUB_PREFIX)
 
 
 def _render_backbone(widget: forms.WidgetSpec) -> str:
@@ -73,7 +60,7 @@ def _render_backbone(widget: forms.WidgetSpec) -> str:
         return choice
     hub = st.text_input("keras-hub preset or local preset dir", key=wkey(widget.key, "hub"),
                         placeholder="resnet_50_imagenet")
-    return f"keras_hub:{hub.strip()}"
+    return f"{KERAS_HUB_PREFIX}{hub.strip()}"
 
 
 def _seed_weights(value: str) -> None:
@@ -90,16 +77,33 @@ def _render_weights(widget: forms.WidgetSpec) -> str:
     return st.text_input("Weights file (.weights.h5)", key=wkey(widget.key, "path")).strip()
 
 
+def _unfreeze_spec(value: Any) -> UnfreezeSpec | None:
+    """`UnfreezeSpec.parse`, or None for text it rejects (the config's validation reports it)."""
+    try:
+        return UnfreezeSpec.parse(value)
+    except ConfigError:
+        return None
+
+
 def _seed_unfreeze(value: str) -> None:
-    value = str(value)
-    layers = value.strip().isdigit()
+    spec = _unfreeze_spec(value)
+    layers = spec is not None and spec.is_count
+    text = "" if layers else str(value).strip()
     st.session_state[wkey("finetune.unfreeze", "mode")] = LAYERS_MODE if layers else BLOCK_MODE
-    st.session_state[wkey("finetune.unfreeze", "layers")] = int(value) if layers else 16
-    st.session_state[wkey("finetune.unfreeze", "block")] = "" if layers else value
-    st.session_state[wkey("finetune.unfreeze", "text")] = "" if layers else value
+    st.session_state[wkey("finetune.unfreeze", "layers")] = spec.count if layers else 16
+    st.session_state[wkey("finetune.unfreeze", "block")] = text
+    st.session_state[wkey("finetune.unfreeze", "text")] = text
 
 
 def _render_unfreeze(widget: forms.WidgetSpec, backbone: str) -> str:
+    value = _unfreeze_value(widget, backbone)
+    spec = _unfreeze_spec(value)
+    if spec is not None:
+        st.caption(f"Unfreezes: {spec.describe()}")
+    return value
+
+
+def _unfreeze_value(widget: forms.WidgetSpec, backbone: str) -> str:
     mode = st.radio(widget.label, [LAYERS_MODE, BLOCK_MODE], horizontal=True, help=widget.help,
                     key=wkey(widget.key, "mode"))
     if mode == LAYERS_MODE:
@@ -107,9 +111,10 @@ def _render_unfreeze(widget: forms.WidgetSpec, backbone: str) -> str:
         return str(int(layers))
     blocks = block_names(backbone)
     if not blocks:
-        return st.text_input("Block name prefixes", key=wkey(widget.key, "text"),
+        return st.text_input("Block or stage name", key=wkey(widget.key, "text"),
                              placeholder="conv5 or conv5_block3",
-                             help="The backbone's block list is unavailable; type prefixes.").strip()
+                             help="No block list for this backbone (keras-hub backbones are only known "
+                                  "once built); type a block or stage name.").strip()
     current = st.session_state.get(wkey(widget.key, "block")) or ""
     options = blocks if current in blocks or not current else [current, *blocks]
     if current not in options:

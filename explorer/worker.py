@@ -4,7 +4,7 @@ The explorer never trains in the Streamlit process. "Launch" writes a queued run
 directory and starts this worker (`python -m explorer.worker --runs-dir DIR`) in
 its own session, so it outlives the browser tab and the Streamlit server. The
 worker holds one of `max_concurrent` slot locks in the runs directory, takes the
-oldest queued run, runs `python -m tlkit.train --run-dir <run>` with
+oldest queued run, runs `python -m tlkit.train --existing-run <run>` with
 `KERAS_BACKEND` set from the run's status, and repeats until nothing is queued.
 
 All state changes to queued runs (queueing, claiming, cancelling) happen under
@@ -13,7 +13,7 @@ cancelled while queued is never started.
 
 Tests (and experiments) can swap the trainer: `--train-cmd` or the env var
 `TLKIT_EXPLORER_TRAIN_CMD` holds a command line (split with `shlex`, never run
-through a shell) that gets `--run-dir <run>` appended.
+through a shell) that gets `--existing-run <run>` appended.
 """
 
 from __future__ import annotations
@@ -36,11 +36,6 @@ SLOT_LOCK = ".queue-worker-{}.lock"
 WORKER_LOG = ".queue-worker.log"
 TRAIN_CMD_ENV = "TLKIT_EXPLORER_TRAIN_CMD"
 MAX_CONCURRENT_ENV = "TLKIT_EXPLORER_MAX_CONCURRENT"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def default_max_concurrent() -> int:
@@ -126,7 +121,8 @@ def queued_runs(runs_dir: Path) -> list[runs.Run]:
 
 
 def train_command(run_dir: Path, train_cmd: str | list[str] | None = None) -> list[str]:
-    """The trainer's argv: `python -m tlkit.train` unless overridden (tests, custom trainers)."""
+    """The trainer's argv for an existing (queued) run directory: `python -m tlkit.train` unless
+    overridden (tests, custom trainers), then `--existing-run <run_dir>`."""
     train_cmd = train_cmd or os.environ.get(TRAIN_CMD_ENV)
     if isinstance(train_cmd, str):
         base = shlex.split(train_cmd)
@@ -135,14 +131,12 @@ def train_command(run_dir: Path, train_cmd: str | list[str] | None = None) -> li
     else:
         # One line per epoch: progress-bar redraws would fill train.log.
         base = [sys.executable, "-m", "tlkit.train", "--verbose", "2"]
-    return [*base, "--run-dir", str(run_dir)]
+    return [*base, "--existing-run", str(run_dir)]
 
 
 def child_env(backend: str | None) -> dict[str, str]:
-    """The parent's env plus the repo on PYTHONPATH (tlkit may not be installed) and the backend."""
+    """The parent's env with the run's Keras backend (tlkit and explorer are installed: `pip install -e`)."""
     env = dict(os.environ)
-    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     if backend:
         env["KERAS_BACKEND"] = backend
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keeps TensorFlow's C++ info lines out of train.log
@@ -162,7 +156,7 @@ def claim_next(runs_dir: Path, train_cmd=None) -> tuple[runs.Run, subprocess.Pop
                 continue
             if run.config() is None:
                 run.update_status(state="failed", error="config.json is missing or unreadable",
-                                  finished_at=now())
+                                  finished_at=runs.now())
                 continue
             with open(run.file(runs.LOG_FILE), "ab") as log:
                 process = subprocess.Popen(
@@ -172,7 +166,7 @@ def claim_next(runs_dir: Path, train_cmd=None) -> tuple[runs.Run, subprocess.Pop
                 )
             # The trainer rewrites this with its own details once it is up.
             run.update_status(state="running", pid=process.pid, worker_pid=os.getpid(),
-                              started_at=now(), error=None)
+                              started_at=runs.now(), error=None)
             return run, process
     return None
 
@@ -185,11 +179,11 @@ def finish(run: runs.Run, returncode: int) -> dict:
         return status
     if returncode == -signal.SIGTERM:
         # Cancelled before the trainer installed its SIGTERM handler.
-        return run.update_status(state="cancelled", finished_at=now())
+        return run.update_status(state="cancelled", finished_at=runs.now())
     tail = run.log_tail(400).strip().splitlines()
     hint = f": {tail[-1]}" if tail else ""
     return run.update_status(
-        state="failed", finished_at=now(),
+        state="failed", finished_at=runs.now(),
         error=f"the trainer exited with code {returncode} without a final state{hint}",
     )
 
@@ -206,9 +200,9 @@ def work(runs_dir, max_concurrent: int = 1, train_cmd=None) -> int:
             while (job := claim_next(runs_dir, train_cmd)) is not None:
                 run, process = job
                 started += 1
-                print(f"{now()} started {run.run_id} (pid {process.pid})", flush=True)
+                print(f"{runs.now()} started {run.run_id} (pid {process.pid})", flush=True)
                 finish(run, process.wait())
-                print(f"{now()} finished {run.run_id}: {run.status().get('state')}", flush=True)
+                print(f"{runs.now()} finished {run.run_id}: {run.status().get('state')}", flush=True)
         finally:
             release_slot(slot)
         # A run queued while we were releasing the slot would have no worker; look again.
@@ -242,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Trainer command line (default: ${TRAIN_CMD_ENV} or python -m tlkit.train).")
     args = parser.parse_args(argv)
     started = work(runs.resolve_runs_dir(args.runs_dir), args.max_concurrent, args.train_cmd)
-    print(f"{now()} queue empty; {started} run(s) started by worker {os.getpid()}", flush=True)
+    print(f"{runs.now()} queue empty; {started} run(s) started by worker {os.getpid()}", flush=True)
     return 0
 
 

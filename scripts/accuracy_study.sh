@@ -2,7 +2,7 @@
 # The accuracy study behind docs/results.md: the `cpu` recipe once per backend (the only runs
 # whose test accuracy is reported), then ablations of the seed's choices judged on validation
 # accuracy. Run dirs go to $RUNS (default ./runs/accuracy); docs/results.toml lists which run is which,
-# and `python -m tlkit.report docs/results.toml` rebuilds docs/results.md from them.
+# and `python -m studies.results docs/results.toml` rebuilds docs/results.md from them.
 #
 #   scripts/accuracy_study.sh final tensorflow      # one final run (alone on the machine: it is timed)
 #   scripts/accuracy_study.sh ablations             # head-stage ablations (tensorflow)

@@ -8,7 +8,8 @@ import pytest
 
 from tlkit.data import IDX_FILES, write_idx
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO
+
 SHARED = Path(os.environ.get("TLKIT_SHARED_DIR", REPO.parent / "shared"))
 REAL_DATA_DIR = SHARED / "data" / "fashion-mnist"
 REAL_WEIGHTS = SHARED / "weights" / "resnet50_imagenet_notop.weights.h5"
@@ -57,13 +58,3 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_weights() -> Path:
     return _require(REAL_WEIGHTS)
-
-
-def smoke_config(data_dir, tmp_path, **overrides):
-    """The smoke preset on synthetic data, writing runs under tmp_path."""
-    from tlkit.config import Config
-
-    base = {"data": {"data_dir": str(data_dir), "train_limit": None, "test_limit": None},
-            "runs_dir": str(tmp_path / "runs"), "batch_size": 32}
-    config = Config.from_preset("smoke", base)
-    return config.replace(**overrides) if overrides else config

@@ -1,12 +1,15 @@
 """Feature cache (head stage) and boundary cache (finetune stage) train the same model, faster."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 import tlkit
+from tlkit.caches import all_finite
 from tlkit.data import load_splits
 
-from .conftest import smoke_config
+from .helpers import smoke_config
 
 
 def predictions(run):
@@ -18,9 +21,9 @@ def predictions(run):
 def test_feature_cache_gives_the_same_model_and_is_reused(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
                           model={"dropout": 0.0}, head={"epochs": 3, "learning_rate": 3e-2}, finetune={"epochs": 0})
-    cached = tlkit.train(config, verbose=0)
-    full = tlkit.train(config.replace(feature_cache=False), verbose=0)
-    again = tlkit.train(config, verbose=0)
+    cached = tlkit.fit(config, verbose=0)
+    full = tlkit.fit(config.replace(feature_cache=False), verbose=0)
+    again = tlkit.fit(config, verbose=0)
     record = cached.metrics()["feature_cache"]
     assert record["used"] and not record["head"]["train"]["hit"] and record["head"]["train"]["stored"]
     assert again.metrics()["feature_cache"]["head"]["train"]["hit"]
@@ -33,15 +36,15 @@ def test_feature_cache_gives_the_same_model_and_is_reused(synthetic_data_dir, tm
 def test_feature_cache_is_off_with_augmentation(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
                           augment={"flip": True}, finetune={"epochs": 0})
-    assert not tlkit.train(config, verbose=0).metrics()["feature_cache"]["used"]
+    assert not tlkit.fit(config, verbose=0).metrics()["feature_cache"]["used"]
 
 
 def test_corrupt_cache_file_is_recomputed(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), finetune={"epochs": 0})
-    tlkit.train(config, verbose=0)
+    tlkit.fit(config, verbose=0)
     for path in (tmp_path / "cache" / "features").glob("*.npy"):
         path.write_bytes(b"broken")
-    run = tlkit.train(config, verbose=0)
+    run = tlkit.fit(config, verbose=0)
     assert run.status()["state"] == "completed"
     assert not run.metrics()["feature_cache"]["head"]["train"]["hit"]
 
@@ -50,8 +53,8 @@ def test_corrupt_cache_file_is_recomputed(synthetic_data_dir, tmp_path):
 def test_boundary_cache_trains_the_same_model(synthetic_data_dir, tmp_path, unfreeze, boundary_tensors):
     config = smoke_config(synthetic_data_dir, tmp_path, feature_cache=False, model={"dropout": 0.0},
                           head={"epochs": 1}, finetune={"epochs": 2, "learning_rate": 1e-3, "unfreeze": unfreeze})
-    cached = tlkit.train(config, verbose=0)
-    full = tlkit.train(config.replace(boundary_cache=False), verbose=0)
+    cached = tlkit.fit(config, verbose=0)
+    full = tlkit.fit(config.replace(boundary_cache=False), verbose=0)
     record = cached.metrics()["boundary_cache"]
     assert record["used"] and len(record["shapes"]) == boundary_tensors
     assert not full.metrics()["boundary_cache"]["used"]
@@ -64,7 +67,7 @@ def test_boundary_cache_over_budget_falls_back_with_a_reason(synthetic_data_dir,
     # conv2 at 32 px: 32*32*16 float16 values = 32 KB per image, 9.6 MB for 300 images > 1 MB.
     config = smoke_config(synthetic_data_dir, tmp_path, cache_memory_gb=0.001, head={"epochs": 0},
                           finetune={"unfreeze": "conv2"})
-    run = tlkit.train(config, verbose=0)
+    run = tlkit.fit(config, verbose=0)
     record = run.metrics()["boundary_cache"]
     assert run.status()["state"] == "completed"
     assert not record["used"] and record["bytes"] == 300 * 32 * 32 * 16 * 2
@@ -76,9 +79,9 @@ def test_both_stages_share_one_prefix_pass_and_later_runs_reuse_it(synthetic_dat
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), model={"dropout": 0.0},
                           head={"epochs": 2, "learning_rate": 3e-2},
                           finetune={"epochs": 2, "learning_rate": 1e-3, "unfreeze": "conv4"})
-    shared = tlkit.train(config, verbose=0)
-    full = tlkit.train(config.replace(feature_cache=False, boundary_cache=False), verbose=0)
-    again = tlkit.train(config.replace(finetune={"learning_rate": 2e-3}), verbose=0)
+    shared = tlkit.fit(config, verbose=0)
+    full = tlkit.fit(config.replace(feature_cache=False, boundary_cache=False), verbose=0)
+    again = tlkit.fit(config.replace(finetune={"learning_rate": 2e-3}), verbose=0)
 
     head = shared.metrics()["feature_cache"]["head"]
     boundary = shared.metrics()["boundary_cache"]
@@ -91,3 +94,30 @@ def test_both_stages_share_one_prefix_pass_and_later_runs_reuse_it(synthetic_dat
     assert again.metrics()["feature_cache"]["head"]["train"]["hit"]
     assert again.metrics()["boundary_cache"]["train"]["hit"]
     assert again.status()["state"] == "completed"
+
+
+def test_random_backbones_of_different_seeds_never_share_cached_features(synthetic_data_dir, tmp_path):
+    # Without a validation split or a limit, every seed trains on the same images: only the
+    # seed that drew the random backbone tells the features apart.
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
+                          data={"validation_split": 0.0}, finetune={"epochs": 0})
+    first = tlkit.fit(config.replace(seed=1), verbose=0).metrics()["feature_cache"]
+    other = tlkit.fit(config.replace(seed=2), verbose=0).metrics()["feature_cache"]
+    again = tlkit.fit(config.replace(seed=1), verbose=0).metrics()["feature_cache"]
+    assert not first["head"]["train"]["hit"] and not first["test"]["hit"]
+    assert not other["head"]["train"]["hit"] and not other["test"]["hit"]
+    assert other["head"]["train"]["key"] != first["head"]["train"]["key"]
+    assert again["head"]["train"]["hit"] and again["test"]["hit"]
+
+
+def test_finite_check_of_a_cache_never_allocates_a_mask_over_the_whole_array():
+    activations = np.zeros((2048, 64, 128), "float16")  # 32 MiB; a whole-array mask would take 16 MiB
+    tracemalloc.start()
+    try:
+        assert all_finite(activations)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < activations.nbytes / 8, f"the finite check allocated {peak / 2**20:.1f} MiB"
+    activations[-1, -1, -1] = np.inf
+    assert not all_finite(activations)

@@ -13,19 +13,16 @@ import pytest
 
 import tlkit
 from tlkit import runs
-from tlkit.cli import main
+from tlkit.cli import build_parser, main
 from tlkit.data import load_splits
 from tlkit.evaluate import confusion_matrix
+from tlkit.model import build_classifier
+from tlkit.stages import RunCancelled
 
-from .conftest import REPO, smoke_config
+from .helpers import REPO, run_cli, smoke_config, wait_until
 
+FASHION = {"num_classes": 10, "input_shape": (28, 28, 1)}
 SMOKE = ["--preset", "smoke", "--train-limit", "none", "--test-limit", "none", "--batch-size", "32"]
-
-
-def cli(*args, env=None, **kwargs):
-    environment = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tlkit.train", *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=600, **kwargs)
 
 
 def only_run(runs_dir):
@@ -35,7 +32,7 @@ def only_run(runs_dir):
 
 def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     runs_dir = tmp_path / "runs"
-    result = cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--name", "cli test",
+    result = run_cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--name", "cli test",
                  "--head-epochs", "2", "--unfreeze", "conv4")
     assert result.returncode == 0, result.stderr
     run = only_run(runs_dir)
@@ -67,13 +64,13 @@ def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     model = run.load_model()
     splits = load_splits(tlkit.Config.from_dict(config).data, config["seed"])
     predicted = np.argmax(model.predict(splits.test.images, verbose=0), axis=1)
-    np.testing.assert_array_equal(confusion_matrix(splits.test.labels, predicted), matrix)
+    np.testing.assert_array_equal(confusion_matrix(splits.test.labels, predicted, 10), matrix)
 
 
 def test_python_api_mirrors_the_cli(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, head={"epochs": 4, "learning_rate": 3e-2},
                           finetune={"epochs": 0})
-    run = tlkit.train(config, verbose=0)
+    run = tlkit.fit(config, verbose=0)
     assert run.status()["state"] == "completed"
     assert [row["stage"] for row in run.history()] == ["head"] * 4
     # a random frozen backbone still separates the synthetic classes well above chance (0.1).
@@ -85,7 +82,7 @@ def test_saved_model_reloads_with_identical_predictions(synthetic_data_dir, tmp_
     from tlkit.model import build_classifier
 
     config = smoke_config(synthetic_data_dir, tmp_path, augment={"flip": True, "rotation": 0.1})
-    model = build_classifier(config.model, config.augment).model
+    model = build_classifier(config.model, config.augment, **FASHION).model
     images = np.random.default_rng(0).integers(0, 256, size=(8, 28, 28, 1), dtype=np.uint8)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -112,7 +109,7 @@ def test_failing_run_records_failed_with_the_reason(synthetic_data_dir, tmp_path
     bad_weights = tmp_path / "corrupt.weights.h5"
     bad_weights.write_bytes(b"this is not an HDF5 file")
     runs_dir = tmp_path / "runs"
-    result = cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir),
+    result = run_cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir),
                  "--weights", str(bad_weights))
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
@@ -127,15 +124,6 @@ def test_missing_data_fails_with_guidance(tmp_path):
     runs_dir = tmp_path / "runs"
     assert main([*SMOKE, "--data-dir", str(empty), "--runs-dir", str(runs_dir)]) == 1
     assert "train-images-idx3-ubyte(.gz) not found" in only_run(runs_dir).status()["error"]
-
-
-def wait_until(predicate, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_sigterm_cancels_cleanly_and_resume_finishes(synthetic_data_dir, tmp_path):
@@ -158,32 +146,88 @@ def test_sigterm_cancels_cleanly_and_resume_finishes(synthetic_data_dir, tmp_pat
     assert [r["stage"] for r in run.history()][:2] == ["head", "head"]
     assert run.model_path.exists()  # the finished head stage is kept
 
-    result = cli("--run-dir", str(run.path), "--resume", "--finetune-epochs", "1")
+    result = run_cli("--existing-run", run.path, "--resume", "--finetune-epochs", "1")
     assert result.returncode == 0, result.stderr
     assert [(r["stage"], r["epoch"]) for r in run.history()] == [("head", 1), ("head", 2), ("finetune", 1)]
     assert run.status()["state"] == "completed" and run.metrics()["test_accuracy"] >= 0
 
 
 def test_auto_precision_resolves_per_device(monkeypatch):
-    import tlkit.training as training
+    from tlkit import environment
 
-    monkeypatch.setattr(training, "list_devices", lambda: ["gpu:0"])
-    assert training.resolve_precision("auto") == "mixed_float16"
-    monkeypatch.setattr(training, "list_devices", lambda: ["cpu:0"])
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    expected = "mixed_bfloat16" if keras.backend.backend() in training.BF16_CPU_BACKENDS else "float32"
-    assert training.resolve_precision("auto") == expected
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert training.resolve_precision("auto") == "float32"
-    assert training.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    monkeypatch.setattr(environment, "list_devices", lambda: ["gpu:0"])
+    assert environment.resolve_precision("auto") == "mixed_float16"
+    monkeypatch.setattr(environment, "list_devices", lambda: ["cpu:0"])
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: True)
+    expected = "mixed_bfloat16" if keras.backend.backend() in environment.BF16_CPU_BACKENDS else "float32"
+    assert environment.resolve_precision("auto") == expected
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)
+    assert environment.resolve_precision("auto") == "float32"
+    assert environment.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
 
 
 def test_mixed_precision_run_keeps_float32_probabilities(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, precision="mixed_bfloat16", head={"epochs": 1},
                           finetune={"epochs": 1})
-    run = tlkit.train(config, verbose=0)
+    run = tlkit.fit(config, verbose=0)
     assert run.metrics()["precision"] == "mixed_bfloat16"
     model = run.load_model()
     assert model.get_layer("head_dense").compute_dtype == "bfloat16"
     assert model.output.dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def sigterm_then_wait(*args, **kwargs):
+    """Stands in for a slow download or file read that a SIGTERM interrupts."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    raise AssertionError("SIGTERM did not interrupt the wait")
+
+
+@pytest.mark.parametrize("phase", ["weights", "data"])
+def test_sigterm_while_loading_records_cancelled_not_failed(synthetic_data_dir, tmp_path, monkeypatch, phase):
+    # Library code wraps downloads and file reads in `except Exception`; a cancel must pass through.
+    overrides = {}
+    if phase == "weights":
+        weights = tmp_path / "mini.weights.h5"
+        build_classifier(smoke_config(synthetic_data_dir, tmp_path).model, **FASHION).backbone.save_weights(weights)
+        overrides["model"] = {"weights": str(weights)}
+        monkeypatch.setattr(keras.Model, "load_weights", sigterm_then_wait)
+    else:
+        overrides["data"] = {"data_dir": None}
+        monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", sigterm_then_wait)
+    config = smoke_config(synthetic_data_dir, tmp_path, **overrides)
+    with pytest.raises(RunCancelled):
+        tlkit.fit(config, verbose=0)
+    status = only_run(tmp_path / "runs").status()
+    assert status["state"] == "cancelled" and status["error"] == "cancelled by the user"
+
+
+def test_precedence_is_preset_then_file_then_flags(tmp_path, capsys):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('preset = "cpu"\n[model]\ndropout = 0.1\nimage_size = 40\n')
+    assert main(["--config", str(config_file), "--preset", "smoke", "--image-size", "48", "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    # --preset (a flag) beats the file's preset; the file's values beat the preset; flags beat the file.
+    assert printed["preset"] == "smoke" and printed["model"]["backbone"] == "mini_resnet"
+    assert printed["model"]["dropout"] == 0.1 and printed["model"]["image_size"] == 48
+    assert "< config file (--config) < flags" in " ".join(build_parser().format_help().split())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "cpu"], "--preset ('cpu') would replace it"),
+    (["--config", "FILE"], "the preset key in FILE ('cpu') would replace it"),
+])
+def test_a_preset_with_an_existing_run_is_refused(tmp_path, capsys, extra, message):
+    run = runs.create_run(tmp_path / "runs", state="queued")
+    run.write_config(tlkit.Config.from_preset("smoke").to_dict())
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('preset = "cpu"\n')
+    extra = [str(config_file) if part == "FILE" else part for part in extra]
+    assert main(["--existing-run", str(run.path), *extra, "--dry-run"]) == 2
+    assert message.replace("FILE", str(config_file)) in capsys.readouterr().err
+
+
+def test_resume_without_an_existing_run_is_refused(capsys):
+    assert main(["--preset", "smoke", "--resume", "--dry-run"]) == 2
+    assert "--resume needs --existing-run DIR" in capsys.readouterr().err

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tlkit.config import PRESETS, Config, ConfigError, field_specs
+from tlkit.config import PRESETS, Config, ConfigError, UnfreezeSpec, field_specs
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -79,3 +79,22 @@ def test_every_field_has_help_and_a_unique_flag():
     assert len(flags) == len(set(flags))
     assert all(spec.help for spec in specs)
     assert {"data-dir", "weights", "unfreeze", "head-lr", "finetune-lr", "aug-flip", "train-limit"} <= set(flags)
+
+
+def test_unfreeze_spec_is_parsed_in_one_place():
+    assert UnfreezeSpec.parse(" 16 ") == UnfreezeSpec(count=16) and str(UnfreezeSpec.parse("16")) == "16"
+    assert UnfreezeSpec.parse("conv5_block3").block == "conv5_block3"
+    assert UnfreezeSpec.parse("16").describe() == "last 16 layers"
+    assert UnfreezeSpec.parse("conv4").describe() == "conv4 and every layer after it"
+    for bad in ("conv5 conv4", "-3", "", "5x"):
+        with pytest.raises(ConfigError, match="finetune.unfreeze"):
+            UnfreezeSpec.parse(bad)
+
+
+def test_unknown_block_of_a_built_in_backbone_is_a_config_error_before_any_compute():
+    with pytest.raises(ConfigError, match="'conv9' is not a block of resnet50; valid blocks: conv1, conv2, "):
+        Config.from_preset("cpu", {"finetune": {"unfreeze": "conv9"}}).validate()
+    with pytest.raises(ConfigError, match="'conv5' is not a block of mini_resnet"):
+        Config.from_preset("smoke", {"finetune": {"unfreeze": "conv5"}}).validate()
+    # keras-hub backbones have their own names: checked when the backbone is built.
+    Config.from_preset("smoke", {"model": {"backbone": "keras_hub:x"}, "finetune": {"unfreeze": "stack3"}}).validate()

@@ -45,7 +45,7 @@ def test_training_run_with_a_keras_hub_backbone(tiny_preset, synthetic_data_dir,
         "model": {"backbone": f"keras_hub:{tiny_preset}", "weights": "imagenet"},
         "finetune": {"unfreeze": "stack1"},
     })
-    run = tlkit.train(config, verbose=0)
+    run = tlkit.fit(config, verbose=0)
     metrics = run.metrics()
     assert run.status()["state"] == "completed"
     assert metrics["stages"]["finetune"]["trainable_backbone_layers"][0].startswith("stack1_block0")

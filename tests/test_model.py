@@ -5,13 +5,15 @@ from keras import ops
 
 import tlkit
 from tlkit.backbones import BackboneError, block_names, build_backbone, list_blocks, select_layers
-from tlkit.config import AugmentConfig, Config, ModelConfig, StageConfig
+from tlkit.config import BACKBONE_BLOCKS, AugmentConfig, Config, ModelConfig, StageConfig
 from tlkit.data import load_splits
 from tlkit.layers import ImageNormalization, ImagePreparation
-from tlkit.model import backbone_of, build_classifier, unfreeze_backbone
-from tlkit.stages import StageSchedule, TrainingError, run_stage
+from tlkit.model import Classifier, GraphSplitError, build_classifier, split_graph
+from tlkit.stages import StageSchedule, TrainingError, prepare_stage, run_stage
 
-from .conftest import smoke_config
+from .helpers import smoke_config
+
+FASHION = {"num_classes": 10, "input_shape": (28, 28, 1)}
 
 
 def snapshot(layers):
@@ -30,28 +32,34 @@ def tiny_splits(synthetic_data_dir):
     return load_splits(config.data, seed=0)
 
 
-def train_one_epoch(model, stage, splits, unfreeze=""):
-    run_stage(model, stage, StageConfig(epochs=1, learning_rate=1e-2), (splits.train.images, splits.train.labels),
-              None, batch_size=32, unfreeze=unfreeze, verbose=0)
+def train_one_epoch(classifier, stage, splits, unfreeze=""):
+    prepare_stage(classifier, stage, unfreeze)
+    run_stage(classifier.model, StageConfig(epochs=1, learning_rate=1e-2), (splits.train.images, splits.train.labels),
+              stage=stage, batch_size=32, verbose=0)
+
+
+def mini_classifier(**augment):
+    return build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32),
+                            AugmentConfig(**augment), seed=1, **FASHION)
 
 
 def test_head_stage_leaves_every_backbone_weight_bit_identical(tiny_splits):
-    model = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32)).model
-    backbone_before = snapshot(backbone_of(model).layers)
-    head = [model.get_layer("head_dense"), model.get_layer("head_logits")]
+    classifier = mini_classifier()
+    backbone_before = snapshot(classifier.backbone.layers)
+    head = [layer for layer in classifier.head if layer.weights]
     head_before = snapshot(head)
-    train_one_epoch(model, "head", tiny_splits)
-    assert changed(backbone_before, snapshot(backbone_of(model).layers)) == set()
+    train_one_epoch(classifier, "head", tiny_splits)
+    assert changed(backbone_before, snapshot(classifier.backbone.layers)) == set()
     assert changed(head_before, snapshot(head)) == set(head_before)
 
 
 @pytest.mark.parametrize("spec", ["conv3", "conv4_block1", "30"])
 def test_finetune_trains_exactly_the_chosen_layers_and_keeps_batchnorm_frozen(tiny_splits, spec):
-    model = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32)).model
-    backbone = backbone_of(model)
-    chosen = unfreeze_backbone(model, spec)
+    classifier = mini_classifier()
+    backbone = classifier.backbone
+    chosen = classifier.unfreeze(spec)
     before = snapshot(backbone.layers)
-    train_one_epoch(model, "finetune", tiny_splits, unfreeze=spec)
+    train_one_epoch(classifier, "finetune", tiny_splits, unfreeze=spec)
     after = snapshot(backbone.layers)
     batchnorm = {layer.name for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)}
     expected = {key for key in before if key.split("/")[0] in chosen}
@@ -84,10 +92,10 @@ def test_unfreeze_by_block_or_stage_name_means_that_depth_and_above_on_resnet50(
 
 
 def test_unfreeze_excludes_batchnorm_and_reports_trainable_layers():
-    model = build_classifier(ModelConfig(backbone="resnet50", weights="none", image_size=32)).model
-    trainable = unfreeze_backbone(model, "conv5_block3")
+    classifier = build_classifier(ModelConfig(backbone="resnet50", weights="none", image_size=32), **FASHION)
+    trainable = classifier.unfreeze("conv5_block3")
     assert trainable == ["conv5_block3_1_conv", "conv5_block3_2_conv", "conv5_block3_3_conv"]
-    backbone = backbone_of(model)
+    backbone = classifier.backbone
     assert all(not layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
     assert sum(int(np.prod(w.shape)) for w in backbone.trainable_weights) == sum(
         int(np.prod(w.shape)) for name in trainable for w in backbone.get_layer(name).weights)
@@ -124,12 +132,11 @@ def test_custom_layers_round_trip_their_config():
 
 
 def test_augmentation_is_active_only_in_training():
-    config = ModelConfig(backbone="mini_resnet", weights="none", image_size=32)
-    model = build_classifier(config, AugmentConfig(flip=True, rotation=0.2, zoom=0.2, translation=0.1,
-                                                   contrast=0.3), seed=1).model
+    classifier = mini_classifier(flip=True, rotation=0.2, zoom=0.2, translation=0.1, contrast=0.3)
+    model = classifier.model
     images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28, 1), dtype=np.uint8)
-    augmentation = model.get_layer("augmentation")
-    prepared = model.get_layer("prepare")(images)
+    augmentation = classifier.augmentation
+    prepared = classifier.preparation(images)
     np.testing.assert_array_equal(ops.convert_to_numpy(augmentation(prepared, training=False)),
                                   ops.convert_to_numpy(prepared))
     assert not np.allclose(ops.convert_to_numpy(augmentation(prepared, training=True)),
@@ -156,9 +163,8 @@ def test_nan_loss_stops_with_a_clear_error(tiny_splits, monkeypatch, tmp_path):
         model.compile(optimizer="adam", loss=lambda y, p: ops.mean(p) * float("nan"))
 
     monkeypatch.setattr(stages, "compile_for_stage", nan_compile)
-    model = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32)).model
     with pytest.raises(TrainingError, match="loss became NaN/inf in stage head, epoch 1, batch 1; lower"):
-        train_one_epoch(model, "head", tiny_splits)
+        train_one_epoch(mini_classifier(), "head", tiny_splits)
 
 
 def test_smoke_config_helper_builds(synthetic_data_dir, tmp_path):
@@ -167,10 +173,59 @@ def test_smoke_config_helper_builds(synthetic_data_dir, tmp_path):
 
 def test_test_time_flip_averages_the_image_and_its_mirror(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, tta_flip=True, head={"epochs": 1}, finetune={"epochs": 1})
-    run = tlkit.train(config, verbose=0)
+    run = tlkit.fit(config, verbose=0)
     splits = load_splits(config.data, config.seed)
     model = run.load_model()
     images = splits.test.images
     averaged = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
     expected = float(np.mean(averaged.argmax(axis=1) == splits.test.labels))
     assert run.metrics()["test_accuracy"] == pytest.approx(expected, abs=1.5 / len(images))
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONE_BLOCKS))
+def test_static_block_table_matches_the_built_backbones(name):
+    assert list(BACKBONE_BLOCKS[name]) == block_names(build_backbone(name, "none", 32).model)
+
+
+@pytest.mark.parametrize("first_suffix_layer, boundary_tensors", [
+    ("conv3_block1_1_conv", 1),   # a stage boundary (first in layer order): one tensor feeds the suffix
+    ("conv3_block1_0_conv", 2),   # mid-block: the residual branch's activation is needed too
+])
+def test_graph_split_recomposes_the_backbone_exactly(first_suffix_layer, boundary_tensors):
+    # Uses Keras' private graph API (tlkit.model.split_graph); a Keras release that changes it fails here.
+    backbone = build_backbone("mini_resnet", "none", 32).model
+    prefix, inputs, output = split_graph(backbone, first_suffix_layer)
+    assert len(inputs) == boundary_tensors == len(prefix.outputs)
+    suffix = keras.Model(inputs, output)
+    images = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 3)).astype("float32")
+    boundary = prefix.predict(images, verbose=0)
+    recomposed = suffix.predict(boundary if isinstance(boundary, list) else [boundary], verbose=0)
+    np.testing.assert_allclose(recomposed, backbone.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    assert {w.path for w in suffix.weights} <= {w.path for w in backbone.weights}  # shared, not copied
+    with pytest.raises(GraphSplitError, match="has no layer 'conv9_block1'"):
+        split_graph(backbone, "conv9_block1")
+
+
+def test_classifier_parts_survive_a_save_and_reload(tmp_path):
+    classifier = mini_classifier(flip=True)
+    path = tmp_path / "model.keras"
+    classifier.model.save(path)
+    reloaded = Classifier.from_model(keras.saving.load_model(path))
+    assert reloaded.augmentation is not None and reloaded.num_classes == 10
+    assert reloaded.input_shape == (28, 28, 1) and reloaded.weights_id is None
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)
+    features = reloaded.feature_model().predict(images, verbose=0)
+    np.testing.assert_allclose(reloaded.head_model().predict(features, verbose=0),
+                               classifier.model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    split = reloaded.split_at(reloaded.first_unfrozen("conv3"))
+    boundary = split.frozen_model.predict(images, verbose=0)
+    np.testing.assert_allclose(split.train_model.predict([boundary], verbose=0),
+                               classifier.model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_takes_its_class_count_and_input_shape_from_the_data():
+    classifier = build_classifier(ModelConfig(backbone="mini_resnet", weights="none", image_size=32),
+                                  num_classes=3, input_shape=(20, 24, 3))
+    assert classifier.num_classes == 3 and classifier.input_shape == (20, 24, 3)
+    images = np.zeros((2, 20, 24, 3), np.uint8)
+    assert classifier.model.predict(images, verbose=0).shape == (2, 3)

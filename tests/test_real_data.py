@@ -44,7 +44,7 @@ def short_real_run(data_dir, weights, tmp_path):
         "head": {"epochs": 3, "learning_rate": 1e-3},
         "finetune": {"epochs": 0},
     })
-    return tlkit.train(config, verbose=0)
+    return tlkit.fit(config, verbose=0)
 
 
 def test_imagenet_weights_beat_random_weights_on_real_data(real_data_dir, real_weights, tmp_path):

@@ -2,15 +2,16 @@
 
 The run is the `cpu` preset (so recipe changes are checked too) on a 3,000-image training
 subset (10% held out for validation) and 1,000 test images at 32 px, with fewer epochs,
-both caches on, float32. `scripts/calibrate_regression.py` runs it over seeds and
-backends and writes the spread to `docs/regression.md`; the threshold sits below the
-lowest calibrated accuracy by a margin of several standard deviations. Accuracy only,
+both caches on, float32 (`studies.regression.regression_config`). `python -m studies.regression`
+runs it over seeds and backends and writes the spread to `docs/regression.md`; the threshold sits
+below the lowest calibrated accuracy by a margin of several standard deviations. Accuracy only,
 never time.
 """
 
 import pytest
 
-import tlkit
+from studies.regression import regression_config
+from tlkit import fit
 
 pytestmark = pytest.mark.real_data
 
@@ -18,21 +19,8 @@ pytestmark = pytest.mark.real_data
 THRESHOLD = 0.72
 
 
-def regression_config(data_dir, weights, runs_dir, cache_dir, seed: int = 42) -> tlkit.Config:
-    """The reduced `cpu` recipe the regression check and its calibration run."""
-    return tlkit.Config.from_preset("cpu", {
-        "seed": seed, "precision": "float32", "runs_dir": str(runs_dir), "cache_dir": str(cache_dir),
-        "name": f"regression-seed{seed}",
-        "data": {"data_dir": str(data_dir), "train_limit": 3000, "test_limit": 1000},
-        "model": {"weights": str(weights), "image_size": 32},
-        "head": {"epochs": 5},
-        "finetune": {"epochs": 2},
-    })
-
-
 def test_reduced_cpu_recipe_keeps_its_accuracy(real_data_dir, real_weights, tmp_path):
-    run = tlkit.train(regression_config(real_data_dir, real_weights, tmp_path / "runs", tmp_path / "cache"),
-                      verbose=0)
+    run = fit(regression_config(real_data_dir, real_weights, tmp_path / "runs", tmp_path / "cache"), verbose=0)
     metrics = run.metrics()
     print(f"regression check: test accuracy {metrics['test_accuracy']:.4f} (threshold {THRESHOLD})")
     assert metrics["boundary_cache"]["used"] and metrics["feature_cache"]["used"]

@@ -1,150 +1,88 @@
-"""The results report end to end: real (tiny) run directories in, markdown and PNGs out."""
+"""The general report helpers: pure functions over configs, histories and metrics of run directories."""
 
-import os
-import shutil
+import copy
 import subprocess
 import sys
-from datetime import datetime, timezone
 
 import pytest
 
-import tlkit
 from tlkit import report
+from tlkit.config import STAGES, Config
 
-from .conftest import REPO, smoke_config
+from .helpers import REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TEMPLATE = """# Results
-
-{{results_table}}
-
-{{ spread }}
-
-{{learning_curves}}
-
-{{confusion_matrix}}
-
-{{hard_pairs}}
-
-{{ablation_table}}
-
-{{provenance}}
-
-{{generated}}
-"""
+CONFIG = {"head": {"epochs": 3}, "finetune": {"epochs": 2, "unfreeze": "conv5"}}
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_data_dir, tmp_path_factory):
-    """Three smoke runs: a baseline, the same without dropout, and one without the finetune stage."""
-    root = tmp_path_factory.mktemp("report-runs")
-    base = smoke_config(synthetic_data_dir, root, name="base")
-    return {
-        "base": tlkit.train(base, verbose=0),
-        "no_dropout": tlkit.train(base.replace(name="no-dropout", model={"dropout": 0.0}), verbose=0),
-        "head_only": tlkit.train(base.replace(name="head-only", finetune={"epochs": 0}), verbose=0),
-    }
+def history_rows(stages):
+    """History rows: `{stage: epochs}` in training order, accuracy rising and loss falling."""
+    rows = []
+    for stage, epochs in stages.items():
+        for epoch in range(epochs):
+            step = len(rows)
+            rows.append({"stage": stage, "epoch": epoch, "accuracy": 0.5 + 0.05 * step, "loss": 1.0 - 0.1 * step,
+                         "val_accuracy": 0.45 + 0.05 * step, "val_loss": None if step == 0 else 1.1 - 0.1 * step})
+    return rows
 
 
-def toml_tables(name, entries):
-    """`[[name]]` tables, one per dict (strings quoted, booleans lowercase)."""
-    def value(v):
-        return str(v).lower() if isinstance(v, bool) else f'"{v}"'
-
-    return "".join(f"[[{name}]]\n" + "".join(f"{key} = {value(v)}\n" for key, v in entry.items()) + "\n"
-                   for entry in entries)
+def test_markdown_table_aligns_columns_and_stringifies_cells():
+    assert report.markdown_table(["name", "value", "note"], [["a", 1, None], ["b", 2.5, "x"]], align="lr") == (
+        "| name | value | note |\n| --- | ---: | --- |\n| a | 1 | None |\n| b | 2.5 | x |")
+    assert report.markdown_table(["only"], []) == "| only |\n| --- |"
 
 
-def write_spec(directory, trained, template=TEMPLATE, finals=None):
-    """A spec and its template in `directory`; returns the spec's path."""
-    base, no_dropout, head_only = (trained[key].path for key in ("base", "no_dropout", "head_only"))
-    finals = finals or [{"recipe": "smoke", "run": base}, {"recipe": "smoke", "run": no_dropout}]
-    finals = [*finals, {"recipe": "head only", "run": head_only, "hardware": "a toaster"}]
-    ablations = [
-        {"group": "dropout", "label": "dropout 0.2", "run": base, "baseline": True},
-        {"group": "dropout", "label": "dropout 0.0", "run": no_dropout},
-        {"group": "stages", "label": "head only", "run": head_only},
-        {"group": "stages", "label": "both stages", "run": base, "baseline": True},
-    ]
-    (directory / "results.template.md").write_text(template)
-    path = directory / "spec.toml"
-    path.write_text(
-        'template = "results.template.md"\noutput = "docs/results.md"\nimages = "docs/img/results"\n'
-        f'spread_recipe = "smoke"\nbest_cpu = "{base}"\n\n'
-        + toml_tables("final", finals) + toml_tables("ablation", ablations)
-    )
-    return path
+def test_formatting_helpers():
+    assert (report.percent(0.91234), report.percent(1), report.percent(None)) == ("91.23", "100.00", "—")
+    assert (report.minutes(90), report.minutes(None)) == ("1.5", "—")
+    assert [report.format_value(v) for v in (None, True, False, 0.0, 1e-05, 3, "conv5")] == [
+        "none", "true", "false", "0.0", "1e-05", "3", "conv5"]
 
 
-def report_cli(spec_path):
-    return subprocess.run([sys.executable, "-m", "tlkit.report", spec_path.name], cwd=spec_path.parent,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+def test_time_span_repeats_the_date_only_when_it_changes():
+    assert report.time_span("2026-11-29T10:15:00+00:00", "2026-11-29T11:02:30+00:00") == "2026-11-29 10:15 → 11:02 UTC"
+    assert report.time_span("2026-11-29T23:50:00+01:00", "2026-11-30T01:10:00+01:00") == (
+        "2026-11-29 22:50 → 2026-11-30 00:10 UTC")
+    assert report.time_span(None, "2026-11-29T11:02:30+00:00") == "—"
+    assert report.time_span("yesterday", "2026-11-29T11:02:30+00:00") == "—"
 
 
-def test_cli_generates_the_report_from_run_directories(trained, tmp_path):
-    result = report_cli(write_spec(tmp_path, trained))
-    assert result.returncode == 0, result.stderr
-    markdown = (tmp_path / "docs" / "results.md").read_text()
-    assert "{{" not in markdown
-
-    for key, depth, epochs in (("base", "conv3", "1 + 1"), ("no_dropout", "conv3", "1 + 1"),
-                               ("head_only", "none", "1 + 0")):
-        metrics = trained[key].metrics()
-        accuracy, f1 = f"{100 * metrics['test_accuracy']:.2f}", f"{metrics['macro_f1']:.3f}"
-        recipe = "head only" if key == "head_only" else "smoke"
-        row = f"| {recipe} | 32 | {depth} | {epochs} | {metrics['backend']} | float32 | {accuracy} | {f1} |"
-        assert row in markdown
-    assert "| a toaster |" in markdown and "-core" in markdown  # explicit and derived hardware
-    assert "The smoke recipe over 2 run(s)" in markdown
-
-    assert "| dropout 0.0 | model.dropout 0.2 → 0.0 |" in markdown
-    assert "| head only | finetune.epochs 1 → 0 |" in markdown
-    assert "**dropout** (baseline: dropout 0.2)" in markdown
-
-    assert "| run | T-shirt/top recall (%) | Pullover recall (%) | Coat recall (%) | Shirt recall (%) |" in markdown
-    assert "The 5 most confused (true → predicted) pairs" in markdown
-    for run in trained.values():
-        assert f"`{run.run_id}`" in markdown  # provenance
-    assert "Generated by `python -m tlkit.report spec.toml`" in markdown
-
-    for name in ("learning_curves.png", "confusion_matrix.png"):
-        assert f"](img/results/{name})" in markdown
-        data = (tmp_path / "docs" / "img" / "results" / name).read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+def test_stage_rows_and_epochs_follow_the_configured_stages():
+    assert STAGES == ("head", "finetune")
+    history = history_rows({"head": 3, "finetune": 1})
+    per_stage = report.stage_rows(history)
+    assert list(per_stage) == ["head", "finetune"] and [len(rows) for rows in per_stage.values()] == [3, 1]
+    assert report.epochs_text(CONFIG, history) == "3 + 1 (of 2)"  # the finetune stage stopped early
+    head_only = history_rows({"head": 3})
+    assert list(report.stage_rows(head_only)) == ["head"]
+    assert report.epochs_text({**CONFIG, "finetune": {"epochs": 0}}, head_only) == "3 + 0"
 
 
-def test_reports_are_reproducible(trained, tmp_path):
-    spec = report.load_spec(write_spec(tmp_path, trained))
-    moment = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
-    first, second = (report.render_report(spec, "make results", now=moment) for _ in range(2))
-    assert first.markdown == second.markdown and "on 2026-01-02 03:04 UTC" in first.markdown
-    assert first.images == second.images and len(first.images) == 2
-    assert all(b"Software" not in png for png in first.images.values())  # no version/time stamps
+def test_unfrozen_depth_names_what_the_finetune_stage_trained():
+    assert report.unfrozen_depth(CONFIG) == "conv5"
+    assert report.unfrozen_depth({"finetune": {"epochs": 2, "unfreeze": " 16 "}}) == "last 16 layers"
+    assert report.unfrozen_depth({"finetune": {"epochs": 0, "unfreeze": "conv5"}}) == "none"
 
 
-def test_unknown_placeholder_exits_2_and_writes_nothing(trained, tmp_path):
-    result = report_cli(write_spec(tmp_path, trained, template="{{results_table}}\n{{resluts_table}}\n"))
-    assert result.returncode == 2
-    assert "{{resluts_table}}" in result.stderr and "results.template.md" in result.stderr
-    assert not (tmp_path / "docs").exists()
+def test_hardware_and_versions_come_from_the_metrics():
+    assert report.describe_hardware({"cpu_count": 2, "processor": "x86_64", "devices": ["CPU:0", "GPU:0"]}) == (
+        "2-core x86_64 CPU + GPU:0")
+    assert report.describe_hardware({"cpu_count": 4}) == "4-core CPU"
+    assert report.describe_hardware(None) == "CPU"
+    versions = {"python": "3.11.7", "keras": "3.15.1", "tensorflow": "2.21.0", "jax": "0.7.0"}
+    assert report.describe_versions({"backend": "jax", "versions": versions}) == (
+        "python 3.11.7, keras 3.15.1, jax 0.7.0")
+    assert report.describe_versions({"backend": "numpy", "versions": versions}) == "python 3.11.7, keras 3.15.1"
+    assert report.describe_versions({}) == ""
 
 
-@pytest.mark.parametrize("damage", ["missing", "no_metrics", "running"])
-def test_a_missing_or_unfinished_run_exits_2_naming_it(trained, tmp_path, capsys, damage):
-    broken = tmp_path / "broken-run"
-    if damage != "missing":
-        shutil.copytree(trained["base"].path, broken)
-        if damage == "no_metrics":
-            (broken / "metrics.json").unlink()
-        else:
-            tlkit.runs.Run(broken).update_status(state="running", pid=None)
-    spec = write_spec(tmp_path, trained, finals=[{"recipe": "smoke", "run": trained["base"].path},
-                                                 {"recipe": "cpu", "run": broken}])
-    assert report.main([str(spec)]) == 2
-    error = capsys.readouterr().err
-    assert "final[1] (cpu)" in error and str(broken) in error
-    assert {"missing": "does not exist", "no_metrics": "metrics.json", "running": "not completed"}[damage] in error
-    assert not (tmp_path / "docs").exists()
+def test_class_names_and_recall_come_from_the_metrics():
+    metrics = {"class_names": ["cat", "dog", "owl"], "confusion_matrix": [[8, 2, 0], [1, 3, 0], [0, 0, 0]]}
+    assert report.class_names_of(metrics) == ["cat", "dog", "owl"]
+    assert report.recall_by_class(metrics) == {"cat": 0.8, "dog": 0.75, "owl": 0.0}
+    unnamed = {"confusion_matrix": [[1, 0], [1, 1]]}
+    assert report.class_names_of(unnamed) == ["0", "1"]
+    assert report.recall_by_class(unnamed) == {"0": 1.0, "1": 0.5}
 
 
 def test_config_diff_names_changed_fields_and_skips_bookkeeping():
@@ -157,8 +95,40 @@ def test_config_diff_names_changed_fields_and_skips_bookkeeping():
     assert report.config_diff(baseline, baseline) == []
 
 
+def test_config_diff_fills_current_defaults_and_compares_local_files_by_name():
+    reference = Config.from_preset("smoke", {"data": {"data_dir": "../shared/data/fashion-mnist"}}).to_dict()
+    older = copy.deepcopy(reference)
+    del older["augment"]["contrast"]  # a run made before the field existed
+    older["data"]["data_dir"] = "/work/shared/data/fashion-mnist"  # the same files, launched from elsewhere
+    assert report.config_diff(reference, older) == []
+    older["model"]["dropout"] = 0.0
+    assert report.config_diff(reference, older) == [f"model.dropout {reference['model']['dropout']!r} → 0.0"]
+    # Configs that no longer validate are compared as they are; a field only one side has shows an em dash.
+    assert report.config_diff({"gone": 0, "seed": 1}, {"gone": 0, "seed": 2, "new": True}) == [
+        "new — → true", "seed 1 → 2"]
+
+
+def test_plots_are_reproducible_pngs():
+    history = history_rows({"head": 3, "finetune": 2})
+    curves = report.learning_curves_png(history, title="run")
+    matrix = report.confusion_matrix_png([[5, 1], [2, 4]], ["cat", "dog"], title="test set")
+    for png in (curves, matrix):
+        assert png.startswith(PNG_MAGIC) and len(png) > 1000 and b"Software" not in png
+    assert curves == report.learning_curves_png(history, title="run")
+    assert report.learning_curves_png(history_rows({"head": 3})).startswith(PNG_MAGIC)
+
+
 def test_a_missing_matplotlib_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(report.ReportError, match=r"pip install -e \.\[report\]"):
+    with pytest.raises(ImportError, match=r"pip install -e \.\[report\]"):
         report.confusion_matrix_png([[1, 0], [0, 1]], ["a", "b"])
+
+
+def test_importing_the_helpers_loads_no_deep_learning_framework_or_matplotlib():
+    code = ("import sys, tlkit.report; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'torch', "
+            "'matplotlib'}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

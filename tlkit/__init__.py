@@ -6,7 +6,7 @@ Example:
 import tlkit
 
 config = tlkit.Config.from_preset("cpu", overrides={"data": {"data_dir": "fashion-mnist/"}})
-run = tlkit.train(config)          # same as `python -m tlkit.train --preset cpu --data-dir …`
+run = tlkit.fit(config)            # same as `python -m tlkit.train --preset cpu --data-dir …`
 print(run.metrics()["test_accuracy"], run.path)
 ```
 """
@@ -20,11 +20,11 @@ from tlkit import runs  # noqa: E402
 from tlkit.config import PRESETS, Config, ConfigError  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "PRESETS", "runs", "train", "__version__"]
+__all__ = ["Config", "ConfigError", "PRESETS", "fit", "runs", "__version__"]
 
 
-def train(config, run=None, resume=False, verbose="auto"):
-    """Trains and evaluates one model; see `tlkit.training.train`."""
-    from tlkit.training import train as _train  # imports Keras lazily: the CLI validates first
+def fit(config, run=None, resume=False, verbose="auto"):
+    """Trains and evaluates one model as `python -m tlkit.train` does; see `tlkit.training.fit`."""
+    from tlkit.training import fit as _fit  # imports Keras lazily: the CLI validates first
 
-    return _train(config, run=run, resume=resume, verbose=verbose)
+    return _fit(config, run=run, resume=resume, verbose=verbose)

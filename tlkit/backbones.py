@@ -31,10 +31,9 @@ from pathlib import Path
 
 import keras
 
-from tlkit.config import LOCAL_BACKBONES
+from tlkit.config import BACKBONE_BLOCKS, KERAS_HUB_PREFIX, LOCAL_BACKBONES, UnfreezeSpec
 from tlkit.layers import ImageNormalization
 
-KERAS_HUB_PREFIX = "keras_hub:"
 _BLOCK_PATTERN = re.compile(r"^([a-z]+\d+)(?:_(block\d+))?")
 
 
@@ -202,32 +201,32 @@ def block_names(model: keras.Model) -> list[str]:
 
 
 def list_blocks(name: str = "resnet50") -> list[str]:
-    """Block names of a backbone, for pickers (built without weights, small input)."""
-    if name.startswith(KERAS_HUB_PREFIX):
-        return block_names(build_backbone(name, "none", 64).model)
-    return block_names(build_backbone(name, "none", 32).model)
+    """Block names of a backbone, for pickers: the static table for built-in backbones
+    (`tlkit.config.BACKBONE_BLOCKS`), else read off a backbone built without weights."""
+    if name in BACKBONE_BLOCKS:
+        return list(BACKBONE_BLOCKS[name])
+    return block_names(build_backbone(name, "none", 64).model)
 
 
-def select_layers(model: keras.Model, spec: str) -> list[keras.layers.Layer]:
+def select_layers(model: keras.Model, spec: str | UnfreezeSpec) -> list[keras.layers.Layer]:
     """The backbone layers `spec` unfreezes: the last N (`"16"`) or a depth by name.
 
     Args:
         model: the backbone model.
-        spec: a layer count, or a stage/block name (`"conv4"`, `"conv5_block3"`):
-            that block's first layer and every layer after it, so `conv4`
-            unfreezes conv4 and conv5.
+        spec: an `UnfreezeSpec` or its text: a layer count, or a stage/block name
+            (`"conv4"`, `"conv5_block3"`): that block's first layer and every layer
+            after it, so `conv4` unfreezes conv4 and conv5.
 
     Raises:
         BackboneError: if the name matches no layer (the message lists valid names).
     """
-    spec = spec.strip()
+    spec = spec if isinstance(spec, UnfreezeSpec) else UnfreezeSpec.parse(spec)
     layers = model.layers[1:] if isinstance(model.layers[0], keras.layers.InputLayer) else model.layers
-    if spec.isdigit():
-        count = int(spec)
-        return layers[-count:] if count else []
+    if spec.is_count:
+        return layers[-spec.count:] if spec.count else []
     for position, layer in enumerate(layers):
-        if layer.name == spec or layer.name.startswith(f"{spec}_"):
+        if layer.name == spec.block or layer.name.startswith(f"{spec.block}_"):
             return layers[position:]
     raise BackboneError(
-        f"--unfreeze {spec!r} matches no layer of {model.name}; valid blocks: {', '.join(block_names(model))}"
+        f"--unfreeze {spec.block!r} matches no layer of {model.name}; valid blocks: {', '.join(block_names(model))}"
     )

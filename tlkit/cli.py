@@ -1,7 +1,9 @@
 """`python -m tlkit.train`: the command line, generated from `tlkit.config`.
 
-Every `Config` field is a flag (see `--help`); values are applied on top of
-`--preset`, then `--config FILE`, then the flags themselves.
+Every `Config` field is a flag (see `--help`). One precedence rule: a preset,
+then a config file, then flags (each overrides the one before). The preset is
+`--preset`, else the config file's `preset` key; with `--existing-run DIR` the
+run's own config.json is the base instead, and a preset is refused.
 
 Example:
 
@@ -21,24 +23,32 @@ from tlkit import runs
 from tlkit.config import PRESETS, Config, ConfigError, apply_overrides, field_specs, read_config_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+PRECEDENCE_HELP = """\
+Where values come from, later wins: defaults < preset (--preset, else the config file's
+`preset` key) < config file (--config) < flags. With --existing-run DIR, that run's
+config.json takes the place of defaults and preset (a preset is then an error).
+
+New runs go into a new directory under --runs-dir (default $TLKIT_RUNS_DIR or ./runs);
+--existing-run DIR trains in that one run directory (queued by the explorer, or to --resume)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tlkit.train",
         description="Transfer learning on Fashion-MNIST: frozen-backbone head stage, then fine-tuning.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=PRECEDENCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="Start from a preset recipe.")
     parser.add_argument("--config", metavar="FILE", help="A .json or .toml config file (nested like config.json).")
-    parser.add_argument("--run-dir", metavar="DIR",
-                        help="Use this existing run directory (e.g. queued by the explorer); "
-                             "its config.json is the base config.")
+    parser.add_argument("--existing-run", metavar="DIR",
+                        help="Train in this existing run directory (e.g. queued by the explorer); its config.json "
+                             "is the base config. Not to be confused with --runs-dir, where new runs are created.")
     parser.add_argument("--resume", action="store_true",
-                        help="With --run-dir: continue after the last completed stage.")
+                        help="With --existing-run: continue after the last completed stage.")
     parser.add_argument("--dry-run", action="store_true", help="Print the resolved config and exit.")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                        help="0: silent, 1: a progress bar per epoch, 2: one line per epoch (for log files).")
+                        help="0: silent, 1: a progress bar per epoch (default), 2: one line per epoch (for log files).")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in field_specs():
         if spec.key == "preset":  # recorded by --preset itself
@@ -49,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = spec.help
         if spec.min is not None or spec.max is not None:
             help_text += f" Range [{spec.min}, {spec.max}]."
-        kwargs = {"dest": spec.key, "default": argparse.SUPPRESS, "help": f"{help_text} Default: {spec.default}."}
+        help_text += f" Default: {spec.default}."
+        if spec.key == "runs_dir":
+            help_text += " (Not --existing-run, which names one run directory.)"
+        kwargs = {"dest": spec.key, "default": argparse.SUPPRESS, "help": help_text}
         if spec.type is bool:
             group.add_argument(f"--{spec.flag}", action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -59,23 +72,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Preset → config file / run dir config → flags, then validation."""
+    """Applies the precedence rule (see `PRECEDENCE_HELP`), then validates.
+
+    Raises:
+        ConfigError: for invalid values, and for flags that would do nothing or silently
+            replace something (a preset with --existing-run, --resume without it).
+    """
     flags = {key: value for key, value in vars(args).items() if "." in key or key in _TOP_LEVEL}
-    if args.run_dir:
-        stored = runs.Run(args.run_dir).config()
+    file_values = read_config_file(args.config) if args.config else {}
+    file_preset = file_values.pop("preset", "") or ""
+    if args.resume and not args.existing_run:
+        raise ConfigError("--resume needs --existing-run DIR: the run directory to continue")
+    if args.existing_run:
+        preset = args.preset or file_preset
+        if preset:
+            source = "--preset" if args.preset else f"the preset key in {args.config}"
+            raise ConfigError(
+                f"--existing-run {args.existing_run}: its config.json is the base config, and {source} "
+                f"({preset!r}) would replace it; drop the preset and pass the fields to change as flags"
+            )
+        stored = runs.Run(args.existing_run).config()
         if stored is None:
-            raise ConfigError(f"--run-dir {args.run_dir!r} has no readable config.json")
+            raise ConfigError(f"--existing-run {args.existing_run!r} has no readable config.json")
         config = Config.from_dict(stored)
-    elif args.preset:
-        config = Config.from_preset(args.preset)
     else:
-        config = Config()
-    if args.config:
-        values = read_config_file(args.config)
-        preset = values.pop("preset", None)
-        if preset and not args.preset:
-            config = Config.from_preset(preset)
-        config = apply_overrides(config, values)
+        preset = args.preset or file_preset  # --preset is a flag: it wins over the file
+        config = Config.from_preset(preset) if preset else Config()
+    config = apply_overrides(config, file_values)
     return apply_overrides(config, flags).validate()
 
 
@@ -88,18 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        if args.run_dir and Path(args.run_dir).is_dir():
-            runs.Run(args.run_dir).update_status(state="failed", error=str(error))
+        if args.existing_run and Path(args.existing_run).is_dir():
+            runs.Run(args.existing_run).update_status(state="failed", error=str(error))
         return EXIT_USAGE
     if args.dry_run:
         print(config.to_json())
         return EXIT_OK
 
-    from tlkit.training import RunCancelled, describe_error, train  # imports Keras: after arg checks
+    from tlkit.training import RunCancelled, describe_error, fit  # imports Keras: after arg checks
 
-    run = runs.Run(args.run_dir) if args.run_dir else None
+    run = runs.Run(args.existing_run) if args.existing_run else None
     try:
-        run = train(config, run=run, resume=args.resume, verbose=args.verbose)
+        run = fit(config, run=run, resume=args.resume, verbose=args.verbose)
     except RunCancelled as error:
         print(f"\ncancelled: {error}", file=sys.stderr)
         return EXIT_CANCELLED

@@ -28,6 +28,9 @@ from typing import Any
 
 import tomllib
 
+# The training stages, in the order they run.
+STAGES = ("head", "finetune")
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field and what is allowed."""
@@ -54,7 +57,68 @@ BACKBONE_CHOICES_HELP = (
     "'resnet50' (keras.applications), 'mini_resnet' (tiny, random init, for smoke tests) "
     "or 'keras_hub:<preset name or local preset dir>'"
 )
-UNFREEZE_PATTERN = re.compile(r"^(\d+|[A-Za-z]\w*)$")
+KERAS_HUB_PREFIX = "keras_hub:"
+
+
+def _resnet_blocks(blocks_per_stage: tuple[int, ...]) -> tuple[str, ...]:
+    names = ["conv1"]
+    for stage, blocks in enumerate(blocks_per_stage, start=2):
+        names += [f"conv{stage}", *(f"conv{stage}_block{block}" for block in range(1, blocks + 1))]
+    return tuple(names)
+
+
+# The built-in backbones and their block names in layer order, as a static table so that the
+# config (and the explorer, which must not import Keras) knows them without building a model;
+# tests/test_model.py checks it against the built backbones.
+BACKBONE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "resnet50": _resnet_blocks((3, 4, 6, 3)),
+    "mini_resnet": _resnet_blocks((1, 1, 1)),
+}
+LOCAL_BACKBONES = tuple(BACKBONE_BLOCKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnfreezeSpec:
+    """What the finetune stage unfreezes: the last `count` layers, or `block` and every layer after it.
+
+    The one parser of the `--unfreeze` text (`"16"`, `"conv5"`, `"conv5_block3"`).
+
+    Example:
+
+    ```python
+    UnfreezeSpec.parse("16").count            # 16
+    UnfreezeSpec.parse("conv4").describe()    # 'conv4 and every layer after it'
+    ```
+    """
+
+    count: int | None = None
+    block: str | None = None
+
+    PATTERN: typing.ClassVar[re.Pattern] = re.compile(r"^(\d+|[A-Za-z]\w*)$")
+
+    @classmethod
+    def parse(cls, text: str) -> UnfreezeSpec:
+        """Raises ConfigError for anything but a layer count or one block/stage name."""
+        text = str(text).strip()
+        if not cls.PATTERN.match(text):
+            raise ConfigError(
+                f"finetune.unfreeze: {text!r} is not a layer count ('16') or one block/stage name "
+                "('conv5', 'conv5_block3')"
+            )
+        return cls(count=int(text)) if text.isdigit() else cls(block=text)
+
+    @property
+    def is_count(self) -> bool:
+        return self.count is not None
+
+    def describe(self) -> str:
+        """Words for reports: `last 16 layers`, `conv4 and every layer after it`."""
+        if self.is_count:
+            return f"last {self.count} layers"
+        return f"{self.block} and every layer after it"
+
+    def __str__(self) -> str:
+        return str(self.count) if self.is_count else self.block
 
 
 @dataclasses.dataclass
@@ -252,11 +316,8 @@ class Config:
         """
         for spec in field_specs(type(self)):
             check_value(spec, spec.get(self))
-        if self.finetune.epochs and not UNFREEZE_PATTERN.match(self.finetune.unfreeze.strip()):
-            raise ConfigError(
-                f"finetune.unfreeze: {self.finetune.unfreeze!r} is not a layer count ('16') "
-                "or one block/stage name ('conv5', 'conv5_block3')"
-            )
+        if self.finetune.epochs:
+            self._check_unfreeze()
         if self.head.epochs == 0 and self.finetune.epochs == 0:
             raise ConfigError("head.epochs / finetune.epochs: both stages have 0 epochs; nothing to train")
         for stage in (self.head, self.finetune):
@@ -282,12 +343,19 @@ class Config:
         if self.data.data_dir and not Path(self.data.data_dir).expanduser().is_dir():
             raise ConfigError(f"data.data_dir: {self.data.data_dir!r} is not a directory")
         backbone = self.model.backbone
-        if backbone not in LOCAL_BACKBONES and not backbone.startswith("keras_hub:"):
+        if backbone not in LOCAL_BACKBONES and not backbone.startswith(KERAS_HUB_PREFIX):
             raise ConfigError(f"model.backbone: {backbone!r} is not one of {BACKBONE_CHOICES_HELP}")
         return self
 
-
-LOCAL_BACKBONES = ("resnet50", "mini_resnet")
+    def _check_unfreeze(self) -> None:
+        """A block name must exist in a built-in backbone (keras-hub names are checked when built)."""
+        spec = UnfreezeSpec.parse(self.finetune.unfreeze)
+        blocks = BACKBONE_BLOCKS.get(self.model.backbone)
+        if spec.block and blocks and spec.block not in blocks:
+            raise ConfigError(
+                f"finetune.unfreeze: {spec.block!r} is not a block of {self.model.backbone}; "
+                f"valid blocks: {', '.join(blocks)}"
+            )
 
 
 # ---- field introspection (used by the CLI, the explorer and validation) -----

@@ -62,6 +62,14 @@ class Splits:
     test: Split
     class_names: tuple[str, ...] = CLASS_NAMES
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """`(height, width, channels)` of the images."""
+        return tuple(self.train.images.shape[1:])
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
     def fingerprint(self) -> str:
         """A short hash of every image and label (keys on-disk caches)."""
         digest = hashlib.sha256()

@@ -1,23 +1,30 @@
-"""The classifier graph and its freezing rules.
+"""The classifier: its parts, the models derived from them, and the freezing rules.
 
-uint8 (28, 28, 1) → resize + gray→RGB → augmentation (training only) →
-backbone preprocessing → backbone → GAP → Dense(units, relu, L2) → Dropout →
-Dense(10) → softmax (float32 even under mixed precision).
+uint8 images → `ImagePreparation` (cast, resize, gray→RGB) → augmentation
+(training only) → the backbone's normalisation → backbone → global average
+pooling → head (Dense(relu, L2) → Dropout → Dense(classes) → float32 softmax).
+
+`Classifier` holds these parts. Everything that needs one piece of the graph
+(the head alone on pooled features, the backbone up to pooling, the frozen
+prefix and trainable suffix of a fine-tuning split) is derived here, so no
+other module looks layers up by name.
 
 BatchNormalization layers of the backbone are never trainable: Keras runs a
 non-trainable BatchNormalization in inference mode, so its moving statistics
 stay the ImageNet ones in both stages (fine-tuning with batch statistics from
-small Fashion-MNIST batches is the classic transfer-learning trap).
+small batches is the classic transfer-learning trap).
 
 Example:
 
 ```python
 from tlkit.config import Config
-from tlkit.model import build_classifier, freeze_backbone
+from tlkit.model import build_classifier
 
 config = Config.from_preset("smoke")
-classifier = build_classifier(config.model, config.augment)
-freeze_backbone(classifier.model)
+classifier = build_classifier(config.model, config.augment, num_classes=10, input_shape=(28, 28, 1))
+classifier.freeze_backbone()
+head = classifier.head_model()                    # pooled features → probabilities, shared weights
+split = classifier.split_at("conv3_block1_1_conv")  # frozen prefix / trainable suffix
 ```
 """
 
@@ -28,20 +35,142 @@ import dataclasses
 import keras
 
 from tlkit.backbones import Backbone, build_backbone, select_layers
-from tlkit.config import AugmentConfig, ModelConfig
+from tlkit.config import AugmentConfig, ModelConfig, UnfreezeSpec
 from tlkit.layers import ImagePreparation
 
-NUM_CLASSES = 10
-INPUT_SHAPE = (28, 28, 1)
-BACKBONE_LAYER = "backbone"
-PREPARE_LAYER = "prepare"
-NORMALIZATION_LAYER = "preprocessing"
+# The classifier's part names: written when it is built, read back when a saved model is reloaded.
+BACKBONE, PREPARATION, AUGMENTATION, NORMALIZATION, POOLING = (
+    "backbone", "prepare", "augmentation", "preprocessing", "head_pool")
+HEAD = ("head_dense", "head_dropout", "head_logits", "probabilities")
+
+
+@dataclasses.dataclass
+class BoundarySplit:
+    """The classifier cut in front of the first unfrozen backbone layer.
+
+    Attributes:
+        frozen_model: uint8 images → the boundary tensors (inference path).
+        train_model: boundary tensors → probabilities: the unfrozen layers and the head.
+        features_model: boundary tensors → pooled features (the head stage's input).
+        first_unfrozen: the backbone layer the split is in front of.
+    """
+
+    frozen_model: keras.Model
+    train_model: keras.Model
+    features_model: keras.Model
+    first_unfrozen: str
+
+    @property
+    def boundary_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(tensor.shape[1:]) for tensor in self.frozen_model.outputs]
 
 
 @dataclasses.dataclass
 class Classifier:
+    """The full model and the parts it is made of (all share their weights with `model`).
+
+    Attributes:
+        model: uint8 images → class probabilities; what `model.keras` holds.
+        backbone: the backbone, a layer of `model`.
+        preparation: cast, resize and gray→RGB.
+        augmentation: training-only augmentation, or None.
+        normalization: the backbone's preprocessing.
+        pooling: global average pooling of the backbone's feature map.
+        head: the layers after pooling, in order.
+        weights_id: what the backbone weights are (`imagenet`, `none`, a file hash); None
+            when unknown (a reloaded model).
+    """
+
     model: keras.Model
-    backbone: Backbone
+    backbone: keras.Model
+    preparation: keras.layers.Layer
+    augmentation: keras.layers.Layer | None
+    normalization: keras.layers.Layer
+    pooling: keras.layers.Layer
+    head: list[keras.layers.Layer]
+    weights_id: str | None = None
+
+    @classmethod
+    def from_model(cls, model: keras.Model, weights_id: str | None = None) -> Classifier:
+        """The parts of a classifier built by `build_classifier` (e.g. reloaded from `model.keras`)."""
+        names = {layer.name for layer in model.layers}
+        return cls(model=model, backbone=model.get_layer(BACKBONE), preparation=model.get_layer(PREPARATION),
+                   augmentation=model.get_layer(AUGMENTATION) if AUGMENTATION in names else None,
+                   normalization=model.get_layer(NORMALIZATION), pooling=model.get_layer(POOLING),
+                   head=[model.get_layer(name) for name in HEAD], weights_id=weights_id)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.model.input.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.output.shape[-1])
+
+    # ---- freezing ---------------------------------------------------------------
+
+    def freeze_backbone(self) -> list[str]:
+        """Stage `head`: the whole backbone frozen (and so in inference mode); returns []."""
+        self.backbone.trainable = False
+        return []
+
+    def unfreeze(self, spec: str | UnfreezeSpec) -> list[str]:
+        """Stage `finetune`: unfreezes the layers `spec` selects, BatchNorm excluded.
+
+        Returns:
+            The names of the backbone layers that are now trainable and have weights.
+        """
+        chosen = {id(layer) for layer in select_layers(self.backbone, spec)}
+        self.backbone.trainable = True
+        trainable = []
+        for layer in self.backbone.layers:
+            unfrozen = id(layer) in chosen and not isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = unfrozen
+            if unfrozen and layer.weights:
+                trainable.append(layer.name)
+        return trainable
+
+    def first_unfrozen(self, spec: str | UnfreezeSpec) -> str | None:
+        """The first backbone layer `spec` unfreezes (where a boundary split goes); None if none."""
+        selected = select_layers(self.backbone, spec)
+        return selected[0].name if selected else None
+
+    # ---- derived models (sharing the classifier's weights) -----------------------
+
+    def head_model(self) -> keras.Model:
+        """Pooled features → probabilities."""
+        pooled = keras.Input(self.pooling.output.shape[1:], name="pooled_features")
+        return keras.Model(pooled, self._apply_head(pooled), name="head")
+
+    def feature_model(self) -> keras.Model:
+        """uint8 images → pooled backbone features (the inference path: no augmentation)."""
+        images = keras.Input(self.input_shape, dtype="uint8", name="image")
+        pooled = self.pooling(self.backbone(self._prepare(images)))
+        return keras.Model(images, pooled, name="pooled_features")
+
+    def split_at(self, first_unfrozen: str) -> BoundarySplit:
+        """Cuts the classifier in front of backbone layer `first_unfrozen`."""
+        prefix, boundary_inputs, backbone_output = split_graph(self.backbone, first_unfrozen)
+        images = keras.Input(self.input_shape, dtype="uint8", name="image")
+        frozen_model = keras.Model(images, prefix(self._prepare(images)), name="frozen_part")
+        pooled = self.pooling(backbone_output)
+        return BoundarySplit(frozen_model,
+                             keras.Model(boundary_inputs, self._apply_head(pooled), name="unfrozen_part"),
+                             keras.Model(boundary_inputs, pooled, name="unfrozen_part_features"),
+                             first_unfrozen)
+
+    def _prepare(self, images):
+        # Same path as the classifier in inference mode (augmentation is inactive there).
+        return self.normalization(self.preparation(images))
+
+    def _apply_head(self, pooled):
+        x = pooled
+        for layer in self.head:
+            x = layer(x)
+        return x
+
+
+# ---- building -----------------------------------------------------------------------
 
 
 def build_augmentation(config: AugmentConfig, seed: int | None = None) -> keras.Sequential | None:
@@ -64,65 +193,102 @@ def build_augmentation(config: AugmentConfig, seed: int | None = None) -> keras.
     if config.contrast:
         layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed,
                                                   name="aug_contrast"))
-    return keras.Sequential(layers, name="augmentation") if layers else None
+    return keras.Sequential(layers, name=AUGMENTATION) if layers else None
+
+
+def build_head(model_config: ModelConfig, num_classes: int) -> list[keras.layers.Layer]:
+    """Dense(relu, L2) → Dropout → Dense(num_classes) → float32 softmax (float32 under mixed precision)."""
+    regularizer = keras.regularizers.L2(model_config.l2) if model_config.l2 else None
+    return [keras.layers.Dense(model_config.head_units, activation="relu", kernel_regularizer=regularizer,
+                               name=HEAD[0]),
+            keras.layers.Dropout(model_config.dropout, name=HEAD[1]),
+            keras.layers.Dense(num_classes, name=HEAD[2]),
+            keras.layers.Activation("softmax", dtype="float32", name=HEAD[3])]
 
 
 def build_classifier(model_config: ModelConfig, augment_config: AugmentConfig | None = None,
-                     seed: int | None = None) -> Classifier:
-    """Builds the full model from uint8 images to class probabilities."""
-    backbone = build_backbone(model_config.backbone, model_config.weights, model_config.image_size)
-    backbone.model.name = BACKBONE_LAYER
-    inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
-    x = ImagePreparation(model_config.image_size, name=PREPARE_LAYER)(inputs)
+                     seed: int | None = None, *, num_classes: int, input_shape: tuple[int, ...]) -> Classifier:
+    """Builds the classifier from uint8 images of `input_shape` to `num_classes` probabilities.
+
+    Args:
+        model_config: backbone, weights, image size and head.
+        augment_config: training-only augmentation (None: off).
+        seed: seeds the augmentation layers.
+        num_classes: classes of the dataset (from `tlkit.data`).
+        input_shape: `(height, width, channels)` of the uint8 images (from `tlkit.data`).
+    """
+    backbone: Backbone = build_backbone(model_config.backbone, model_config.weights, model_config.image_size)
+    backbone.model.name = BACKBONE
+    backbone.normalization.name = NORMALIZATION
+    images = keras.Input(input_shape, dtype="uint8", name="image")
+    preparation = ImagePreparation(model_config.image_size, name=PREPARATION)
+    x = preparation(images)
     augmentation = build_augmentation(augment_config or AugmentConfig(), seed)
     if augmentation is not None:
         x = augmentation(x)
-    backbone.normalization.name = NORMALIZATION_LAYER
-    x = backbone.normalization(x)
-    features = backbone.model(x)
-    outputs = build_head(model_config, features)
-    model = keras.Model(inputs, outputs, name="tlkit_classifier")
-    freeze_backbone(model)
-    return Classifier(model, backbone)
+    pooling = keras.layers.GlobalAveragePooling2D(name=POOLING)
+    x = pooling(backbone.model(backbone.normalization(x)))
+    head = build_head(model_config, num_classes)
+    for layer in head:
+        x = layer(x)
+    model = keras.Model(images, x, name="tlkit_classifier")
+    classifier = Classifier(model, backbone.model, preparation, augmentation,
+                            backbone.normalization, pooling, head, backbone.weights_id)
+    classifier.freeze_backbone()
+    return classifier
 
 
-def build_head(model_config: ModelConfig, features):
-    """GAP → Dense(relu, L2) → Dropout → Dense(10) → float32 softmax, on `features`."""
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
-    return build_head_from_pooled(model_config, x)
+# ---- graph surgery --------------------------------------------------------------------
 
 
-def build_head_from_pooled(model_config: ModelConfig, pooled):
-    regularizer = keras.regularizers.L2(model_config.l2) if model_config.l2 else None
-    x = keras.layers.Dense(model_config.head_units, activation="relu", kernel_regularizer=regularizer,
-                           name="head_dense")(pooled)
-    x = keras.layers.Dropout(model_config.dropout, name="head_dropout")(x)
-    x = keras.layers.Dense(NUM_CLASSES, name="head_logits")(x)
-    return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+class GraphSplitError(RuntimeError):
+    """The functional graph could not be split (e.g. a Keras release changed its internals)."""
 
 
-def backbone_of(model: keras.Model) -> keras.Model:
-    return model.get_layer(BACKBONE_LAYER)
+def split_graph(graph: keras.Model, first_suffix_layer: str):
+    """Splits a functional model in front of layer `first_suffix_layer` (in layer order).
 
-
-def freeze_backbone(model: keras.Model) -> None:
-    """Stage `head`: the whole backbone frozen (and so in inference mode)."""
-    backbone_of(model).trainable = False
-
-
-def unfreeze_backbone(model: keras.Model, spec: str) -> list[str]:
-    """Stage `finetune`: unfreezes the layers `spec` selects, BatchNorm excluded.
+    The suffix is every layer from `first_suffix_layer` on; the boundary is every
+    tensor made by an earlier layer and read by the suffix (unfreezing mid-block
+    also needs the block's shortcut input). This is the one place in tlkit that
+    reads Keras' private graph API (`_inbound_nodes`, `_keras_history`,
+    `Node.arguments`); `tests/test_model.py` checks it on every Keras version CI
+    installs and fails loudly when a release changes it.
 
     Returns:
-        The names of the backbone layers that are now trainable and have weights.
+        `(prefix, boundary_inputs, output)`: a model from `graph.input` to the
+        boundary tensors, new `keras.Input`s standing for them, and the graph's
+        output recomputed from those inputs by the suffix layers (same weights).
+
+    Raises:
+        GraphSplitError: when Keras' graph internals are not as expected.
     """
-    backbone = backbone_of(model)
-    chosen = {id(layer) for layer in select_layers(backbone, spec)}
-    backbone.trainable = True
-    trainable = []
-    for layer in backbone.layers:
-        unfrozen = id(layer) in chosen and not isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = unfrozen
-        if unfrozen and layer.weights:
-            trainable.append(layer.name)
-    return trainable
+    names = [layer.name for layer in graph.layers]
+    if first_suffix_layer not in names:
+        raise GraphSplitError(f"{graph.name} has no layer {first_suffix_layer!r}")
+    suffix = graph.layers[names.index(first_suffix_layer):]
+    suffix_ids = {id(layer) for layer in suffix}
+    try:
+        # A layer's first inbound node is the call that built the graph; later nodes come from
+        # earlier splits and would point at their inputs.
+        boundary: dict[int, keras.KerasTensor] = {}
+        for layer in suffix:
+            for tensor in layer._inbound_nodes[0].input_tensors:
+                if id(tensor._keras_history.operation) not in suffix_ids:
+                    boundary.setdefault(id(tensor), tensor)
+        prefix = keras.Model(graph.input, list(boundary.values()), name=f"{graph.name}_prefix")
+        inputs = [keras.Input(tensor.shape[1:], name=f"boundary_{i}") for i, tensor in enumerate(boundary.values())]
+        produced = dict(zip(boundary, inputs))
+        for layer in suffix:  # topological: the graph's layer order
+            node = layer._inbound_nodes[0]
+            args, kwargs = node.arguments.fill_in(produced)
+            for old, new in zip(node.output_tensors, keras.tree.flatten(layer(*args, **kwargs))):
+                produced[id(old)] = new
+        output = produced[id(graph.output)]
+    except (AttributeError, KeyError, TypeError) as error:
+        raise GraphSplitError(
+            f"cannot split {graph.name} at {first_suffix_layer!r}: Keras {keras.__version__}'s graph internals "
+            f"differ from what tlkit.model.split_graph expects ({type(error).__name__}: {error}). "
+            "Train with --no-boundary-cache and report this"
+        ) from error
+    return prefix, inputs, output

@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-STATES = ("queued", "running", "completed", "failed", "cancelled")
 FINAL_STATES = ("completed", "failed", "cancelled")
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 CONFIG_FILE = "config.json"
@@ -209,7 +208,7 @@ class Run:
         """Merges `fields` into status.json (atomically) and returns the new status."""
         status = _read_json(self.file(STATUS_FILE)) or {}
         status.update(fields)
-        status["updated_at"] = _now()
+        status["updated_at"] = now()
         write_json(self.file(STATUS_FILE), status)
         return status
 
@@ -261,7 +260,8 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def _now() -> str:
+def now() -> str:
+    """The local time with its UTC offset, to the second (status.json timestamps)."""
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
@@ -284,7 +284,7 @@ def create_run(runs_dir: str | os.PathLike | None, name: str = "", state: str = 
             continue
     run = Run(path)
     run.update_status(state=state, stage=None, epoch=0, epochs=0, progress=0.0, error=None,
-                      pid=os.getpid() if state == "running" else None, created_at=_now())
+                      pid=os.getpid() if state == "running" else None, created_at=now())
     return run
 
 

@@ -1,15 +1,20 @@
-"""The two training stages: what to train, with which optimizer and schedule.
+"""The two training stages, as in the Keras transfer-learning guide: freeze → compile → fit,
+then unfreeze → recompile → fit.
 
 Stage `head` trains the new head on a frozen backbone; stage `finetune`
 unfreezes the chosen depth of the backbone (BatchNorm excluded) and continues
-at a lower learning rate. Everything a stage needs (optimizer, schedule,
-callbacks) is chosen from the config here.
+at a lower learning rate. `prepare_stage` freezes or unfreezes, `run_stage`
+compiles and fits; everything a stage needs (optimizer, schedule, callbacks,
+progress, NaN and cancel handling) is chosen from the config here. What the
+stage fits on (images, or cached activations) is `tlkit.caches`' decision.
 
 Example:
 
 ```python
-from tlkit.stages import StageSchedule
+from tlkit.stages import StageSchedule, prepare_stage, run_stage
 
+prepare_stage(classifier, "head")                                   # freeze
+run_stage(classifier.model, config.head, (images, labels), stage="head", batch_size=64)  # compile, fit
 schedule = StageSchedule(1e-3, steps_per_epoch=100, epochs=10, kind="cosine", warmup_epochs=1)
 float(schedule(0)), float(schedule(100)), float(schedule(999))  # 0.0, 0.001, ~0.0
 ```
@@ -27,14 +32,20 @@ import numpy as np
 from keras import ops
 
 from tlkit.batches import ArrayBatches
-from tlkit.boundary import BoundaryActivations
 from tlkit.config import StageConfig
-from tlkit.features import FeatureCache, head_model
-from tlkit.model import freeze_backbone, unfreeze_backbone
+from tlkit.model import Classifier
 
 
 class TrainingError(RuntimeError):
     """Training could not go on (NaN loss, …); the message says what to change."""
+
+
+class RunCancelled(BaseException):
+    """The run was cancelled (SIGTERM, Ctrl-C or the explorer's Cancel); what was done is kept.
+
+    A `BaseException`, like `KeyboardInterrupt`: library code that catches `Exception` (weight
+    downloads, data loading) must not turn a cancel into a failure.
+    """
 
 
 @keras.saving.register_keras_serializable(package="tlkit")
@@ -102,12 +113,15 @@ def compile_for_stage(model: keras.Model, config: StageConfig, steps_per_epoch: 
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics)
 
 
-def prepare_stage(model: keras.Model, stage: str, unfreeze: str = "") -> list[str]:
-    """Sets which layers train in `stage`; returns the trainable backbone layer names."""
+def prepare_stage(classifier: Classifier, stage: str, unfreeze: str = "") -> list[str]:
+    """Freezes (`head`) or unfreezes (`finetune`, BatchNorm excluded) the backbone for `stage`.
+
+    Returns:
+        The backbone layers with weights that train in this stage.
+    """
     if stage == "head":
-        freeze_backbone(model)
-        return []
-    return unfreeze_backbone(model, unfreeze)
+        return classifier.freeze_backbone()
+    return classifier.unfreeze(unfreeze)
 
 
 @dataclasses.dataclass
@@ -161,7 +175,7 @@ class StageMonitor(keras.callbacks.Callback):
             if self.on_activity:
                 self.on_activity(label, fraction)
             if self.should_stop and self.should_stop():
-                raise KeyboardInterrupt  # cancelled while computing a cache
+                raise RunCancelled("cancelled while computing a cache")
 
         return report
 
@@ -192,81 +206,51 @@ class StageMonitor(keras.callbacks.Callback):
         self.on_epoch(EpochReport(self.stage, epoch + 1, self.epochs, dict(logs or {}), lr, seconds))
 
 
-def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *, batch_size: int,
-              label_smoothing: float = 0.0, unfreeze: str = "", monitor: StageMonitor | None = None,
-              verbose: int | str = "auto", feature_cache: FeatureCache | None = None,
-              cache_identity: dict | None = None, boundary: BoundaryActivations | None = None,
+def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage: str, batch_size: int,
+              label_smoothing: float = 0.0, monitor: StageMonitor | None = None, verbose: int | str = "auto",
               seed: int | None = None) -> dict:
-    """Trains `model` for one stage and returns a summary.
+    """Compiles `model` for one stage and fits it; returns a summary.
 
-    With `feature_cache` (head stage only; the caller checks augmentation is
-    off), the frozen backbone's pooled features are computed once (or read
-    from the cache) and the head, which shares the model's weights, is trained
-    on them: the same training, without running the backbone every epoch.
-    With `boundary` (augmentation off), the frozen part's activations are
-    computed once (see `tlkit.boundary`): the finetune stage runs only the
-    unfrozen layers each epoch, and the head stage derives its features from
-    the same activations, so the frozen prefix runs once for both stages.
+    The caller has frozen or unfrozen the backbone (`prepare_stage`) and chosen
+    what the stage fits on (`tlkit.caches.RunCaches.stage_data`): the classifier on
+    images, or its head / unfrozen part on cached activations. Either way the
+    weights trained are the classifier's own.
 
     Args:
-        model: the classifier from `tlkit.model.build_classifier`.
-        stage: `"head"` or `"finetune"`.
-        config: the stage's config.
-        train: `(images, labels)` numpy arrays.
-        val: `(images, labels)` or None.
+        model: the model to fit.
+        config: the stage's config (optimizer, schedule, epochs, early stopping).
+        train: `(inputs, labels)` arrays; inputs may be a list (several boundary tensors).
+        val: `(inputs, labels)` or None.
+        stage: the stage's name, for reports and errors.
         batch_size: batch size.
         label_smoothing: label smoothing of the loss.
-        unfreeze: the finetune stage's layer spec.
         monitor: a `StageMonitor` for reports (one is made if None).
         verbose: Keras progress-bar verbosity.
-        feature_cache: where pooled features are cached; None trains the full graph.
-        cache_identity: what determines the features besides the images
-            (backbone, weights, image size, precision, versions).
-        boundary: the run's `BoundaryActivations` (from `tlkit.boundary.plan_boundary`); None: off.
         seed: reseeds all random generators right before fitting, so the batch order is the
             same with and without caches (cache extraction consumes torch's global RNG).
 
     Raises:
         TrainingError: when the loss becomes NaN/inf.
     """
-    trainable_layers = prepare_stage(model, stage, unfreeze)
     monitor = monitor or StageMonitor(stage, config.epochs)
-    cache_record = None
-    fit_model = model
-    if feature_cache is not None and stage == "head":
-        fit_model = head_model(model)
-        def features_of(name, part):
-            features, cache_record[name] = _head_features(model, name, part[0], feature_cache, cache_identity,
-                                                          boundary, max(batch_size, 256), monitor, verbose)
-            return features, part[1]
-
-        cache_record = {}
-        train = features_of("train", train)
-        val = features_of("val", val) if val is not None else None
-    if boundary is not None and stage == "finetune" and trainable_layers:
-        start = time.perf_counter()
-        train = (boundary.get("train", train[0], monitor.activity("boundary cache (train)", verbose)), train[1])
-        if val is not None:
-            val = (boundary.get("val", val[0], monitor.activity("boundary cache (val)", verbose)), val[1])
-        fit_model = boundary.split.train_model
-        cache_record = {"seconds": round(time.perf_counter() - start, 3), **boundary.records}
+    num_classes = int(model.output.shape[-1])
     steps_per_epoch = math.ceil(len(train[1]) / batch_size)
-    compile_for_stage(fit_model, config, steps_per_epoch, label_smoothing)
+    compile_for_stage(model, config, steps_per_epoch, label_smoothing)
     callbacks = [monitor]
     if config.early_stopping and val is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping,
                                                        restore_best_weights=True))
-    y_train = _targets(train[1], label_smoothing)
-    train_batches = ArrayBatches(train[0], y_train, batch_size, shuffle=True, seed=seed)
+    train_batches = ArrayBatches(train[0], _targets(train[1], label_smoothing, num_classes), batch_size,
+                                 shuffle=True, seed=seed)
     validation = None
     if val is not None and len(val[1]):
-        validation = ArrayBatches(val[0], _targets(val[1], label_smoothing), batch_size)
+        validation = ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     # The batches shuffle themselves (seeded); Keras' shuffle would only reorder whole batches.
-    history = fit_model.fit(train_batches, epochs=config.epochs, validation_data=validation,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
+    history = model.fit(train_batches, epochs=config.epochs, validation_data=validation,
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
     if monitor.non_finite_at:
         epoch, batch = monitor.non_finite_at
@@ -276,25 +260,11 @@ def run_stage(model: keras.Model, stage: str, config: StageConfig, train, val, *
         )
     epochs_run = len(history.history.get("loss", []))
     return {"stage": stage, "epochs": epochs_run, "seconds": seconds,
-            "images_per_second": epochs_run * len(y_train) / seconds if seconds else None,
-            "trainable_backbone_layers": trainable_layers, "cache": cache_record,
-            "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
+            "images_per_second": epochs_run * len(train[1]) / seconds if seconds else None}
 
 
-def _head_features(model, name, images, cache, identity, boundary, batch_size, monitor, verbose):
-    """Pooled features of one image set from the feature cache; on a miss, derived from the boundary
-    activations when the run has them (one prefix pass serves both stages), else the full graph."""
-    progress = monitor.activity(f"features ({name})", verbose)
-    if boundary is None:
-        return cache.features(model, identity, images, batch_size, progress)
-    # float16 boundary storage makes these features differ slightly: a key of their own.
-    identity = {**identity, "via_boundary": boundary.split.first_unfrozen}
-    features, record = cache.features(model, identity, images, batch_size, progress,
-                                      compute=lambda x, report: boundary.features(name, x, report))
-    return features, {**record, "via_boundary": boundary.split.first_unfrozen}
-
-
-def _targets(labels: np.ndarray, label_smoothing: float) -> np.ndarray:
+def _targets(labels: np.ndarray, label_smoothing: float, num_classes: int) -> np.ndarray:
+    # Sparse labels keep host memory small; label smoothing needs the dense form.
     if label_smoothing:
-        return keras.utils.to_categorical(labels, 10).astype("float32")
+        return keras.utils.to_categorical(labels, num_classes).astype("float32")
     return labels

@@ -1,18 +1,16 @@
-"""Fixtures for the explorer tests; helpers live in `explorer_fixtures` (a unique module name)."""
+"""Fixtures for the explorer tests; helpers live in `explorer_fixtures`."""
 
 from __future__ import annotations
 
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from explorer import worker
+from tlkit import runs
 
-from explorer_fixtures import FAKE_TRAINER, make_completed, make_corrupt, make_failed  # noqa: E402
-
-from tlkit import runs  # noqa: E402
+from .explorer_fixtures import FAKE_TRAINER_CMD, make_completed, make_corrupt, make_failed
 
 
 @pytest.fixture
@@ -20,7 +18,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
     path.mkdir()
     monkeypatch.setenv("TLKIT_RUNS_DIR", str(path))
-    monkeypatch.setenv("TLKIT_EXPLORER_TRAIN_CMD", f"{sys.executable} {FAKE_TRAINER}")
+    monkeypatch.setenv(worker.TRAIN_CMD_ENV, shlex.join(FAKE_TRAINER_CMD))
     return path
 
 

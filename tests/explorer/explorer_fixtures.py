@@ -5,16 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tlkit import runs
+from tlkit.config import Config
 
-import fake_trainer  # noqa: E402
-
-from tlkit import runs  # noqa: E402
-from tlkit.config import Config  # noqa: E402
+from ..helpers import REPO
+from . import fake_trainer
 
 FAKE_TRAINER = Path(fake_trainer.__file__).resolve()
-APP = Path(__file__).resolve().parents[2] / "explorer" / "streamlit_app.py"
+# How the worker runs the fake trainer (`TLKIT_EXPLORER_TRAIN_CMD`): as a script, from any directory.
+FAKE_TRAINER_CMD = [sys.executable, str(FAKE_TRAINER)]
+APP = REPO / "explorer" / "streamlit_app.py"
 
 
 def make_completed(runs_dir: Path, name: str, seed: int = 0, **overrides) -> runs.Run:

@@ -1,10 +1,15 @@
-"""A stand-in for `python -m tlkit.train --run-dir DIR`, for the queue and browser tests.
+"""A stand-in for `python -m tlkit.train --existing-run DIR`, for the queue and browser tests.
 
 It follows the trainer's contract through `tlkit.runs` only: status `running`
 with its own pid, one history row per epoch for both stages, metrics and
-misclassified images at the end, `completed`; on SIGTERM it writes `cancelled`
-(history kept) and exits 130. It also appends `start`/`end` events to
-`<runs_dir>/fake-trainer-events.log` so tests can check the queue's order.
+misclassified images at the end (from `tlkit.evaluate` over fake probabilities),
+`completed`; on SIGTERM it writes `cancelled` (history kept) and exits 130. It
+also appends `start`/`end` events to `<runs_dir>/fake-trainer-events.log` so
+tests can check the queue's order.
+
+The worker runs it as a script (`python tests/explorer/fake_trainer.py`, via
+`TLKIT_EXPLORER_TRAIN_CMD`), so it imports only the installed `tlkit` and works
+from any directory; the fixtures import its helpers as `tests.explorer.fake_trainer`.
 
 Knobs (env): FAKE_TRAINER_EPOCH_SECONDS (default 0.2), FAKE_TRAINER_FAIL=1
 (crash after the first epoch without a final state).
@@ -17,16 +22,13 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tlkit import runs
+from tlkit.data import CLASS_NAMES
+from tlkit.evaluate import classification_report, misclassified
 
-from tlkit import runs  # noqa: E402
-
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 EVENTS_FILE = "fake-trainer-events.log"
 
 
@@ -44,36 +46,30 @@ def history_rows(head_epochs: int, finetune_epochs: int, seed: int = 0) -> list[
     return rows
 
 
-def fake_results(seed: int = 0, test_size: int = 300, skill: float = 0.8) -> tuple[dict, dict]:
-    """metrics.json and misclassified arrays for random predictions of a given skill."""
+def fake_probabilities(seed: int = 0, test_size: int = 300, skill: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, softmax probabilities) whose argmax is right for about `skill` of the images."""
     rng = np.random.default_rng(seed)
-    true = rng.integers(0, 10, test_size)
+    classes = len(CLASS_NAMES)
+    true = rng.integers(0, classes, test_size)
     wrong = rng.random(test_size) > skill
-    predicted = np.where(wrong, (true + rng.integers(1, 10, test_size)) % 10, true)
-    matrix = np.zeros((10, 10), dtype=int)
-    np.add.at(matrix, (true, predicted), 1)
-    per_class = []
-    for index, name in enumerate(CLASS_NAMES):
-        tp = matrix[index, index]
-        precision = tp / max(matrix[:, index].sum(), 1)
-        recall = tp / max(matrix[index].sum(), 1)
-        f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-        per_class.append({"class": name, "precision": float(precision), "recall": float(recall),
-                          "f1": float(f1), "support": int(matrix[index].sum())})
-    metrics = {
-        "test_accuracy": float(np.trace(matrix) / test_size), "test_loss": float(1 - skill + 0.1),
-        "macro_f1": float(np.mean([row["f1"] for row in per_class])),
-        "confusion_matrix": matrix.tolist(), "class_names": CLASS_NAMES, "per_class": per_class,
-        "backend": os.environ.get("KERAS_BACKEND", "jax"),
-        "seconds": {"head": 3.0, "finetune": 2.0, "total": 5.5},
-    }
-    index = np.flatnonzero(wrong)
-    misclassified = {
-        "index": index, "true": true[index].astype("int32"), "predicted": predicted[index].astype("int32"),
-        "confidence": rng.uniform(0.3, 1.0, len(index)).astype("float32"),
-        "images": rng.integers(0, 256, (len(index), 28, 28), dtype=np.uint8),
-    }
-    return metrics, misclassified
+    predicted = np.where(wrong, (true + rng.integers(1, classes, test_size)) % classes, true)
+    logits = rng.normal(0.0, 0.5, (test_size, classes))
+    logits[np.arange(test_size), predicted] += rng.uniform(1.5, 4.0, test_size)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return true, probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def fake_results(seed: int = 0, test_size: int = 300, skill: float = 0.8) -> tuple[dict, dict]:
+    """metrics.json and the misclassified arrays, computed like the trainer does (`tlkit.evaluate`)."""
+    true, probabilities = fake_probabilities(seed, test_size, skill)
+    metrics = classification_report(true, probabilities, CLASS_NAMES)
+    metrics.update(backend=os.environ.get("KERAS_BACKEND", "jax"),
+                   seconds={"head": 3.0, "finetune": 2.0, "total": 5.5})
+    wrong = misclassified(true, probabilities)
+    images = np.random.default_rng(seed + 1).integers(0, 256, (len(wrong["position"]), 28, 28), dtype=np.uint8)
+    arrays = {"index": wrong["position"], "true": wrong["true"], "predicted": wrong["predicted"],
+              "confidence": wrong["confidence"], "images": images}
+    return metrics, arrays
 
 
 def log_event(run: runs.Run, event: str) -> None:
@@ -83,8 +79,8 @@ def log_event(run: runs.Run, event: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run-dir", required=True)
-    run = runs.Run(parser.parse_args().run_dir)
+    parser.add_argument("--existing-run", required=True, metavar="DIR")
+    run = runs.Run(parser.parse_args().existing_run)
     cancelled = []
     signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
     config = run.config() or {}
@@ -112,10 +108,10 @@ def main() -> int:
         if os.environ.get("FAKE_TRAINER_FAIL") == "1":
             log_event(run, "end")
             raise SystemExit("fake trainer: simulated crash")
-    metrics, misclassified = fake_results(seed=len(run.run_id), skill=0.6 + 0.3 * config.get("model", {}).get(
-        "dropout", 0.5))
+    skill = 0.6 + 0.3 * config.get("model", {}).get("dropout", 0.5)
+    metrics, wrong = fake_results(seed=len(run.run_id), skill=skill)
     run.write_metrics(metrics)
-    run.write_misclassified(**misclassified)
+    run.write_misclassified(**wrong)
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"])
     log_event(run, "end")
     return 0

@@ -5,12 +5,14 @@ Playwright. By default the runs are real `python -m tlkit.train` smoke runs
 (tiny backbone, ~20 s each on 2 CPU cores) when the Fashion-MNIST files are
 found (`$TLKIT_TEST_DATA_DIR`, or `data/fashion-mnist` in `$TLKIT_SHARED_DIR`,
 default `../shared` next to the repo); otherwise, or with `TLKIT_EXPLORER_E2E_TRAINER=fake`, the queue runs
-`tests/explorer/fake_trainer.py`. Screenshots of the main views go to `$TLKIT_SCREENSHOTS` (`docs/img/` for the docs).
+`tests/explorer/fake_trainer.py` (as a script). Screenshots of the main views go to `$TLKIT_SCREENSHOTS`
+(`docs/img/` for the docs).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,17 +23,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from explorer_fixtures import FAKE_TRAINER
 
 from explorer import launcher, ui, worker
 from tlkit import runs
+
+from ..helpers import REPO, wait_until
+from .explorer_fixtures import FAKE_TRAINER_CMD
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-REPO = Path(__file__).resolve().parents[2]
 # Screenshots for the docs are refreshed with TLKIT_SCREENSHOTS=docs/img; otherwise they go to a
 # temp dir so a test run leaves the working tree clean.
 IMG_DIR = Path(os.environ.get("TLKIT_SCREENSHOTS") or tempfile.mkdtemp(prefix="tlkit-screens-"))
@@ -95,7 +98,7 @@ def explorer(tmp_path_factory, chromium):
     env = {key: value for key, value in os.environ.items() if key != worker.TRAIN_CMD_ENV}
     env.update(KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"), PYTHONUNBUFFERED="1")
     if mode == "fake":
-        env[worker.TRAIN_CMD_ENV] = f"{sys.executable} {FAKE_TRAINER}"
+        env[worker.TRAIN_CMD_ENV] = shlex.join(FAKE_TRAINER_CMD)
         env["FAKE_TRAINER_EPOCH_SECONDS"] = "1"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -127,7 +130,6 @@ def page(chromium, explorer):
     page.set_default_timeout(30_000)
     page.goto(explorer["url"])
     page.get_by_text("Launch an experiment").wait_for(timeout=90_000)
-    # The first visit builds the backbone once for its block names (imports Keras in the server).
     page.get_by_text("Nothing queued or running").wait_for(timeout=90_000)
     yield page
     context.close()
@@ -167,15 +169,6 @@ def launch(page, runs_dir: Path, name: str) -> runs.Run:
     page.get_by_text("Queued 1 run").wait_for()
     (run_id,) = new_run_ids(runs_dir, known)
     return runs.Run(runs_dir / run_id)
-
-
-def poll(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def svg_texts(locator) -> list[str]:
@@ -249,7 +242,7 @@ def test_launch_watch_cancel_and_compare(page, explorer):
         texts = captions.all_inner_texts()
         return bool(texts) and all(text.startswith(expected) for text in texts)
 
-    assert poll(only_clicked_cell), captions.all_inner_texts()[:5]
+    assert wait_until(only_clicked_cell, timeout=20, interval=0.25), captions.all_inner_texts()[:5]
     captions = captions.all_inner_texts()
     assert len(captions) == min(matrix[true][pred], 48)
     page.get_by_text("Misclassified test images", exact=True).scroll_into_view_if_needed()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from explorer_fixtures import APP
 from streamlit.testing.v1 import AppTest
 
 from explorer import forms, launcher, ui
 from tlkit import runs
-from tlkit.config import PRESETS
+from tlkit.config import BACKBONE_BLOCKS, PRESETS
+
+from ..helpers import REPO
+from .explorer_fixtures import APP
 
 TIMEOUT = 60
 
@@ -70,13 +74,50 @@ def test_preset_sets_every_widget(runs_dir, no_worker):
     assert at.selectbox(key="cfg:model.backbone:choice").value == "resnet50"
     assert at.selectbox(key="cfg:finetune.schedule").value == "cosine"
     assert at.radio(key="cfg:finetune.unfreeze:mode").value == ui.BLOCK_MODE
-    # The block picker lists the backbone's real blocks (or falls back to a text box).
-    blocks = at.get("selectbox")
-    picker = [b for b in blocks if b.key == ui.wkey("finetune.unfreeze", "block")]
-    if picker:
-        assert picker[0].value == "conv5" and "conv4" in picker[0].options
-    else:
-        assert at.text_input(key=ui.wkey("finetune.unfreeze", "text")).value == "conv5"
+    # The block picker lists the backbone's blocks from tlkit.config's static table.
+    picker = at.selectbox(key=ui.wkey("finetune.unfreeze", "block"))
+    assert picker.value == "conv5" and picker.options == list(BACKBONE_BLOCKS["resnet50"])
+    assert "Unfreezes: conv5 and every layer after it" in [c.value for c in at.caption]
+
+
+def test_keras_hub_backbone_falls_back_to_a_text_box(runs_dir, no_worker):
+    at = app().run()
+    at.selectbox(key="cfg:preset").select("cpu").run()
+    at.selectbox(key="cfg:model.backbone:choice").select(ui.KERAS_HUB_CHOICE).run()
+    at.text_input(key="cfg:model.backbone:hub").input("resnet_50_imagenet").run()
+    assert not at.exception
+    assert not [b for b in at.get("selectbox") if b.key == ui.wkey("finetune.unfreeze", "block")]
+    text = at.text_input(key=ui.wkey("finetune.unfreeze", "text"))
+    assert text.value == "conv5"
+    text.input("stage4").run()
+    assert "Unfreezes: stage4 and every layer after it" in [c.value for c in at.caption]
+    at.radio(key=ui.wkey("finetune.unfreeze", "mode")).set_value(ui.LAYERS_MODE).run()
+    assert at.number_input(key=ui.wkey("finetune.unfreeze", "layers")).value == 16
+    assert "Unfreezes: last 16 layers" in [c.value for c in at.caption]
+
+
+# The server must stay thin: importing the explorer and rendering every page never loads a Keras backend.
+THIN_SERVER_CHECK = """
+import sys
+from streamlit.testing.v1 import AppTest
+import explorer, explorer.figures, explorer.forms, explorer.launcher, explorer.session, explorer.tables
+import explorer.ui, explorer.worker
+
+at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
+at.selectbox(key="cfg:preset").select("cpu").run()  # resnet50: the block picker
+for page in ("views/runs.py", "views/compare.py"):
+    at.switch_page(page).run()
+    assert not at.exception, (page, at.exception)
+heavy = sorted(name for name in ("keras", "tensorflow", "jax", "torch", "keras_hub") if name in sys.modules)
+assert not heavy, f"the explorer imported {heavy}"
+print("thin")
+"""
+
+
+def test_explorer_never_imports_a_keras_backend(populated):
+    result = subprocess.run([sys.executable, "-c", THIN_SERVER_CHECK, str(APP)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "thin" in result.stdout, result.stdout + result.stderr
 
 
 def test_invalid_config_shows_config_error_and_blocks_launch(runs_dir, no_worker):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from explorer_fixtures import make_completed, make_corrupt, make_failed
 
 from explorer import figures, forms, session, tables
 from tlkit.config import Config, ConfigError, field_specs
+
+from .explorer_fixtures import make_completed, make_corrupt, make_failed
 
 # ---- forms ----------------------------------------------------------------------
 

@@ -6,16 +6,14 @@ import os
 import signal
 import sys
 import threading
-import time
-
-from explorer_fixtures import FAKE_TRAINER
-from fake_trainer import EVENTS_FILE
 
 from explorer import launcher, worker
 from tlkit import runs
 from tlkit.config import Config
 
-FAKE = [sys.executable, str(FAKE_TRAINER)]
+from ..helpers import wait_until
+from .explorer_fixtures import FAKE_TRAINER_CMD as FAKE
+from .fake_trainer import EVENTS_FILE
 
 
 def queue(runs_dir, name, **overrides):
@@ -29,19 +27,12 @@ def events(runs_dir) -> list[tuple[str, str, float]]:
     return [(lines[i], lines[i + 1], float(lines[i + 2])) for i in range(0, len(lines), 3)]
 
 
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_train_command_default_and_override(tmp_path, monkeypatch):
     monkeypatch.delenv(worker.TRAIN_CMD_ENV, raising=False)
     assert worker.train_command(tmp_path) == [sys.executable, "-m", "tlkit.train", "--verbose", "2",
-                                              "--run-dir", str(tmp_path)]
+                                              "--existing-run", str(tmp_path)]
     monkeypatch.setenv(worker.TRAIN_CMD_ENV, "python 'my trainer.py' --quiet")
-    expected = ["python", "my trainer.py", "--quiet", "--run-dir", str(tmp_path)]
+    expected = ["python", "my trainer.py", "--quiet", "--existing-run", str(tmp_path)]
     assert worker.train_command(tmp_path) == expected
 
 
@@ -83,7 +74,7 @@ def test_cancel_running_run_sends_sigterm(runs_dir, monkeypatch):
     run, after = queue(runs_dir, "long"), queue(runs_dir, "after")
     thread = threading.Thread(target=worker.work, args=(runs_dir,), kwargs={"train_cmd": FAKE})
     thread.start()
-    wait_until(lambda: run.status().get("stage") == "head")
+    assert wait_until(lambda: run.status().get("stage") == "head")
     monkeypatch.setenv("FAKE_TRAINER_EPOCH_SECONDS", "0.05")  # read when the next trainer starts
     assert "asked the trainer" in launcher.cancel_run(run)
     thread.join(timeout=30)
@@ -108,7 +99,7 @@ def test_sigterm_before_handler_counts_as_cancelled(runs_dir):
     sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
     thread = threading.Thread(target=worker.work, args=(runs_dir,), kwargs={"train_cmd": sleeper})
     thread.start()
-    wait_until(lambda: run.status().get("state") == "running")
+    assert wait_until(lambda: run.status().get("state") == "running")
     os.kill(run.status()["pid"], signal.SIGTERM)
     thread.join(timeout=10)
     assert run.status()["state"] == "cancelled"

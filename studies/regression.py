@@ -1,10 +1,11 @@
-"""Calibrates the accuracy regression check (tests/test_regression.py) from repeated runs.
+"""The accuracy regression check's recipe, and its calibration from repeated runs.
 
-Runs the reduced `cpu` recipe for several seeds under each backend (each run in a fresh
-process with KERAS_BACKEND set), then writes the accuracies, their spread and the threshold
-they support to docs/regression.md.
+`regression_config` is the reduced `cpu` recipe that `tests/test_regression.py` runs.
+The calibration runs it for several seeds under each backend (each run in a fresh
+process with KERAS_BACKEND set), then writes the accuracies, their spread and the
+threshold they support to docs/regression.md:
 
-    python scripts/calibrate_regression.py --data-dir ../shared/data/fashion-mnist \
+    python -m studies.regression --data-dir ../shared/data/fashion-mnist \
         --weights ../shared/weights/resnet50_imagenet_notop.weights.h5 --seeds 1 2 42
 """
 
@@ -20,26 +21,39 @@ import tempfile
 import time
 from pathlib import Path
 
+import tlkit
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
+COMMAND = "python -m studies.regression"
+
+
+def regression_config(data_dir, weights, runs_dir, cache_dir, seed: int = 42) -> tlkit.Config:
+    """The reduced `cpu` recipe the regression check and its calibration run: the `cpu` preset (so
+    recipe changes are checked too) on 3,000 training images (10% held out) and 1,000 test
+    images at 32 px, head 5 epochs, finetune 2, both caches on, float32."""
+    return tlkit.Config.from_preset("cpu", {
+        "seed": seed, "precision": "float32", "runs_dir": str(runs_dir), "cache_dir": str(cache_dir),
+        "name": f"regression-seed{seed}",
+        "data": {"data_dir": str(data_dir), "train_limit": 3000, "test_limit": 1000},
+        "model": {"weights": str(weights), "image_size": 32},
+        "head": {"epochs": 5},
+        "finetune": {"epochs": 2},
+    })
 
 
 def child(data_dir: str, weights: str, seed: int, workdir: str) -> None:
-    sys.path.insert(0, str(ROOT))
-    import tlkit
-    from tests.test_regression import regression_config
-
     config = regression_config(data_dir, weights, Path(workdir) / "runs", Path(workdir) / "cache", seed)
-    metrics = tlkit.train(config, verbose=0).metrics()
+    metrics = tlkit.fit(config, verbose=0).metrics()
     print("RESULT " + json.dumps({"test_accuracy": metrics["test_accuracy"], "macro_f1": metrics["macro_f1"],
                                   "seconds": metrics["seconds"]["total"]}))
 
 
 def run_one(backend: str, seed: int, args, workdir: str) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend}
-    command = [sys.executable, __file__, "--child", "--data-dir", args.data_dir, "--weights", args.weights,
-               "--seeds", str(seed), "--workdir", workdir]
-    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "studies.regression", "--child", "--data-dir", args.data_dir,
+               "--weights", args.weights, "--seeds", str(seed), "--workdir", workdir]
+    output = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     return {"backend": backend, "seed": seed, **json.loads(line[len("RESULT "):])}
 
@@ -93,7 +107,7 @@ def main() -> None:
             for seed in args.seeds:
                 results.append(run_one(backend, seed, args, workdir))
                 print(json.dumps(results[-1]), flush=True)
-    command = "python scripts/calibrate_regression.py " + " ".join(sys.argv[1:])
+    command = f"{COMMAND} " + " ".join(sys.argv[1:])
     text, threshold = report(results, args.margin_sigmas, command)
     Path(args.output).write_text(text)
     print(f"threshold {threshold:.2f} written to {args.output}")

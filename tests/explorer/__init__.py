@@ -1,0 +1,1 @@
+"""Tests of the Streamlit explorer (`explorer/`): logic, queue worker, AppTest pages, browser."""

@@ -1,0 +1,360 @@
+"""Caches: what each stage fits on, and the frozen activations behind it.
+
+With augmentation off, the frozen part of the classifier maps each image to the
+same activations every epoch. Two caches use that without changing the model
+that is trained:
+
+- **Feature cache** (head stage): the frozen backbone's pooled features are
+  computed once (and kept on disk), and the head trains on them.
+- **Boundary activations** (finetune stage): the frozen prefix's output at the
+  freeze boundary is computed once (float16, in host memory within a budget,
+  and on disk); the finetune stage trains only the unfrozen suffix on it. The
+  head stage then derives its features from the same activations, so the
+  prefix runs once per image per run, and later runs that differ only after the
+  boundary (learning rates, dropout, epochs) skip it entirely.
+
+`RunCaches` plans both for one run and hands each stage a `StageData`: the
+model to fit (the classifier, its head, or its unfrozen part, all sharing the
+classifier's weights) and the arrays to fit it on. It owns the cache key:
+`cache_identity` names everything that determines the activations.
+
+Example:
+
+```python
+from tlkit.caches import RunCaches
+
+caches = RunCaches(config, classifier, splits, precision="float32")
+data = caches.stage_data("head", trainable_layers=[])   # the head model on pooled features
+data.model.fit(data.train[0], data.train[1])
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tlkit import environment
+from tlkit.batches import ArrayBatches
+from tlkit.config import Config
+from tlkit.data import Splits
+from tlkit.model import BoundarySplit, Classifier, GraphSplitError
+
+CACHE_DTYPE = "float16"
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jaxlib", "torch": "torch"}
+Progress = Callable[[float], None]
+
+
+class BoundaryCacheError(RuntimeError):
+    """The boundary activations cannot be used (e.g. they overflow float16)."""
+
+
+@dataclasses.dataclass
+class StageData:
+    """What one stage fits: `model` on `train` (and `val`), each `(inputs, labels)`.
+
+    `cache` records where the inputs came from (for metrics.json), None when they are images.
+    """
+
+    model: keras.Model
+    train: tuple
+    val: tuple | None
+    cache: dict | None = None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TLKIT_CACHE_DIR") or Path.home() / ".cache" / "tlkit")
+
+
+def cache_identity(config: Config, classifier: Classifier, precision: str) -> dict | None:
+    """Everything besides the images that determines the frozen activations; None when unknown.
+
+    A random-init backbone (`weights = none`) is identified by the seed that drew it. The
+    images themselves enter each key through `CacheStore.key`.
+    """
+    if classifier.weights_id is None:  # e.g. a reloaded model: nothing says which weights it holds
+        return None
+    backend = keras.backend.backend()
+    identity = {"backbone": config.model.backbone, "weights": classifier.weights_id,
+                "image_size": config.model.image_size, "precision": precision, "backend": backend,
+                "versions": environment.versions(("tlkit", "keras", BACKEND_PACKAGES.get(backend, backend)))}
+    if classifier.weights_id == "none":
+        identity["init_seed"] = config.seed
+    return identity
+
+
+# ---- on disk --------------------------------------------------------------------------
+
+
+class CacheStore:
+    """Arrays on disk, one `.npy` per key; a missing or corrupt file reads as a miss.
+
+    Args:
+        directory: cache root; default `$TLKIT_CACHE_DIR` or `~/.cache/tlkit`.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory).expanduser() if directory else default_cache_dir()
+
+    @staticmethod
+    def key(identity: dict | None, images: np.ndarray) -> str:
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+        digest.update(str(images.shape).encode())
+        digest.update(np.ascontiguousarray(images).tobytes())
+        return digest.hexdigest()[:24]
+
+    def path(self, key: str) -> Path:
+        return self.directory / "features" / f"{key}.npy"
+
+    def load(self, key: str, count: int) -> np.ndarray | None:
+        """The array stored under `key` if it holds `count` rows, else None."""
+        try:
+            array = np.load(self.path(key), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return array if len(array) == count else None
+
+    def store(self, key: str, array: np.ndarray) -> bool:
+        """Stores `array`; False when the disk refused (a read-only or full disk costs only the reuse)."""
+        path = self.path(key)
+        # Straight to a temp file (no in-memory copy: activations can be GBs), then rename.
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(temp, path)
+        except OSError:
+            return False
+        finally:
+            temp.unlink(missing_ok=True)
+        return True
+
+    def load_arrays(self, key: str, parts: int, count: int) -> list[np.ndarray] | None:
+        arrays = [self.load(f"{key}-{i}", count) for i in range(parts)]
+        return None if any(array is None for array in arrays) else arrays
+
+    def store_arrays(self, key: str, arrays: list[np.ndarray]) -> bool:
+        return all(self.store(f"{key}-{i}", array) for i, array in enumerate(arrays))
+
+
+# ---- computing activations ------------------------------------------------------------
+
+
+def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, outputs: list[np.ndarray],
+                      on_progress: Progress | None = None, chunk: int = 4096) -> list[np.ndarray]:
+    """Fills the preallocated `outputs` with `model`'s outputs on `images`, a chunk at a time.
+
+    Chunks bound the float32 temporaries (outputs may be float16) and let long
+    extractions report progress.
+    """
+    for start in range(0, len(images), chunk):
+        values = model.predict(images[start:start + chunk], batch_size=batch_size, verbose=0)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        for target, value in zip(outputs, values):
+            target[start:start + len(value)] = value
+        if on_progress:
+            on_progress(min(start + chunk, len(images)) / len(images))
+    return outputs
+
+
+def all_finite(array: np.ndarray, chunk_bytes: int = 1 << 22) -> bool:
+    """`np.isfinite(array).all()` without a mask over the whole array (GBs for a full run's cache)."""
+    rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
+    return all(np.isfinite(array[start:start + rows]).all() for start in range(0, len(array), rows))
+
+
+class BoundaryActivations:
+    """The frozen prefix's output for each image set of a run, computed (or read from disk) once.
+
+    Args:
+        split: the classifier's `BoundarySplit`.
+        batch_size: batch size for computing activations.
+        store: keeps activations on disk; None keeps them in memory only.
+        identity: `cache_identity` of the run (None: not identifiable, not stored).
+    """
+
+    def __init__(self, split: BoundarySplit, batch_size: int, store: CacheStore | None = None,
+                 identity: dict | None = None):
+        self.split = split
+        self.batch_size = batch_size
+        self.store = store if identity is not None else None
+        self.identity = {**(identity or {}), "boundary": split.first_unfrozen}
+        self.records: dict[str, dict] = {}
+        self._arrays: dict[str, list[np.ndarray]] = {}
+
+    def estimate_bytes(self, num_images: int) -> int:
+        per_image = sum(int(np.prod(shape)) for shape in self.split.boundary_shapes)
+        return per_image * np.dtype(CACHE_DTYPE).itemsize * num_images
+
+    def get(self, name: str, images: np.ndarray, on_progress: Progress | None = None) -> list[np.ndarray]:
+        """Boundary activations of image set `name` (e.g. "train"), computed on first use."""
+        if name in self._arrays:
+            return self._arrays[name]
+        start = time.perf_counter()
+        key = CacheStore.key(self.identity, images)
+        parts = len(self.split.boundary_shapes)
+        arrays = self.store.load_arrays(key, parts, len(images)) if self.store else None
+        record = {"key": key, "hit": arrays is not None}
+        if arrays is None:
+            arrays = self._compute(images, on_progress)
+            record["stored"] = self.store.store_arrays(key, arrays) if self.store else False
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        self._arrays[name], self.records[name] = arrays, record
+        return arrays
+
+    def features(self, name: str, images: np.ndarray, on_progress: Progress | None = None) -> np.ndarray:
+        """Pooled backbone features of `images` via their boundary activations (backbone frozen)."""
+        arrays = self.get(name, images, on_progress)
+        # Batch by batch: Keras would cast all of the float16 activations to float32 at once.
+        features = self.split.features_model.predict(ArrayBatches(arrays, batch_size=self.batch_size), verbose=0)
+        return np.asarray(features, dtype="float32")
+
+    def _compute(self, images: np.ndarray, on_progress: Progress | None) -> list[np.ndarray]:
+        outputs = [np.empty((len(images), *shape), dtype=CACHE_DTYPE) for shape in self.split.boundary_shapes]
+        predict_in_chunks(self.split.frozen_model, images, self.batch_size, outputs, on_progress)
+        if not all(all_finite(array) for array in outputs):
+            raise BoundaryCacheError("boundary activations overflow float16; use --no-boundary-cache")
+        return outputs
+
+
+# ---- one run's plan ---------------------------------------------------------------------
+
+
+class RunCaches:
+    """Decides, per stage of one run, whether it trains on images or on cached activations.
+
+    Args:
+        config: the run's config.
+        classifier: the run's classifier (built, or reloaded on resume).
+        splits: the run's data.
+        precision: the resolved dtype policy (part of the cache key).
+        skip_stages: stages already finished (resume): nothing is planned for them.
+    """
+
+    def __init__(self, config: Config, classifier: Classifier, splits: Splits, precision: str,
+                 skip_stages: tuple[str, ...] = ()):
+        self.config = config
+        self.classifier = classifier
+        self.splits = splits
+        self.batch_size = max(config.batch_size, 256)
+        self.identity = cache_identity(config, classifier, precision)
+        # Features of the frozen backbone are reusable when nothing random sits in front of it.
+        usable = config.feature_cache and not config.augment.enabled and self.identity is not None
+        self.store = CacheStore(config.cache_dir or None) if usable else None
+        self.records: dict[str, dict | None] = {}
+        self.boundary, self.boundary_plan = self._plan_boundary(skip_stages)
+
+    def stage_data(self, stage: str, trainable_layers: list[str],
+                   activity: Callable[[str], Progress | None] = lambda label: None) -> StageData:
+        """What `stage` fits on; `activity(label)` gives a progress callback for computing a cache."""
+        splits = self.splits
+        train = (splits.train.images, splits.train.labels)
+        val = (splits.val.images, splits.val.labels) if len(splits.val) else None
+        if stage == "head" and self.store is not None:
+            record = {}
+            train = (self._features("train", train[0], activity("features (train)"), record), train[1])
+            if val is not None:
+                val = (self._features("val", val[0], activity("features (val)"), record), val[1])
+            return self._record(stage, StageData(self.classifier.head_model(), train, val, record))
+        if stage == "finetune" and self.boundary is not None and trainable_layers:
+            start = time.perf_counter()
+            train = (self.boundary.get("train", train[0], activity("boundary cache (train)")), train[1])
+            if val is not None:
+                val = (self.boundary.get("val", val[0], activity("boundary cache (val)")), val[1])
+            record = {"seconds": round(time.perf_counter() - start, 3), **self.boundary.records}
+            return self._record(stage, StageData(self.boundary.split.train_model, train, val, record))
+        return self._record(stage, StageData(self.classifier.model, train, val, None))
+
+    def predict_from_features(self, images: np.ndarray, batch_size: int) -> np.ndarray | None:
+        """Probabilities from cached features, valid while only the head has trained; None without a store."""
+        if self.store is None:
+            return None
+        record = self.records.setdefault("test", {})
+        features = self._features("test", images, None, record, key_name=f"test{len(record)}")
+        probabilities = self.classifier.head_model().predict(features, batch_size=batch_size, verbose=0)
+        return np.asarray(probabilities, np.float64)
+
+    def metrics(self, stages_run: list[str]) -> dict:
+        """The `feature_cache` and `boundary_cache` entries of metrics.json."""
+        feature_cache = {"used": self.store is not None and "head" in stages_run}
+        if "head" in stages_run:
+            feature_cache["head"] = self.records.get("head")
+        if self.records.get("test"):
+            feature_cache["test"] = self.records["test"]["test0"]
+        if "finetune" not in stages_run:
+            return {"feature_cache": feature_cache, "boundary_cache": {"used": False}}
+        finetune = self.records.get("finetune")
+        used = self.boundary_plan.get("used", False) and finetune is not None
+        return {"feature_cache": feature_cache,
+                "boundary_cache": {**self.boundary_plan, "used": used, **(finetune or {})}}
+
+    # ---- internals ----
+
+    def _record(self, stage: str, data: StageData) -> StageData:
+        self.records[stage] = data.cache
+        return data
+
+    def _features(self, name: str, images: np.ndarray, progress: Progress | None, record: dict,
+                  key_name: str | None = None) -> np.ndarray:
+        """Pooled features of one image set: from disk, else derived from the boundary activations
+        (train/val, when the run has them: one prefix pass for both stages), else the full graph."""
+        via_boundary = self.boundary is not None and name in ("train", "val")
+        identity = self.identity
+        if via_boundary:  # float16 storage of the activations makes these features differ slightly
+            identity = {**identity, "via_boundary": self.boundary.split.first_unfrozen}
+        start = time.perf_counter()
+        key = CacheStore.key(identity, images)
+        features = self.store.load(key, len(images))
+        entry = {"key": key, "hit": features is not None}
+        if features is None:
+            if via_boundary:
+                features = self.boundary.features(name, images, progress)
+            else:
+                extractor = self.classifier.feature_model()
+                (features,) = predict_in_chunks(
+                    extractor, images, self.batch_size,
+                    [np.empty((len(images), *extractor.output.shape[1:]), dtype="float32")], progress)
+            entry["stored"] = self.store.store(key, features)
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        if via_boundary:
+            entry["via_boundary"] = self.boundary.split.first_unfrozen
+        record[key_name or name] = entry
+        return features
+
+    def _plan_boundary(self, skip_stages: tuple[str, ...]) -> tuple[BoundaryActivations | None, dict]:
+        """The run's boundary activations when the finetune stage can use them (no augmentation, a
+        trainable suffix, within the memory budget); else None and a record saying why."""
+        config = self.config
+        if not config.boundary_cache:
+            return None, {"used": False, "reason": "off"}
+        if config.augment.enabled:
+            return None, {"used": False, "reason": "augmentation is on"}
+        if config.finetune.epochs == 0 or "finetune" in skip_stages:
+            return None, {"used": False}
+        first_unfrozen = self.classifier.first_unfrozen(config.finetune.unfreeze)
+        if first_unfrozen is None:
+            return None, {"used": False, "reason": "nothing is unfrozen"}
+        try:
+            split = self.classifier.split_at(first_unfrozen)
+        except GraphSplitError as error:
+            return None, {"used": False, "reason": str(error)}
+        boundary = BoundaryActivations(split, self.batch_size, self.store, self.identity)
+        count = len(self.splits.train) + len(self.splits.val)
+        needed, budget = boundary.estimate_bytes(count), int(config.cache_memory_gb * 1e9)
+        record = {"boundary": first_unfrozen, "bytes": needed, "shapes": [list(s) for s in split.boundary_shapes]}
+        if needed > budget:
+            reason = (f"the boundary cache needs {needed / 1e9:.3g} GB for {count} images, over the "
+                      f"{budget / 1e9:.3g} GB budget; running the full graph instead (raise --cache-memory-gb, "
+                      "lower --image-size or unfreeze less to use it)")
+            print(f"note: {reason}", flush=True)
+            return None, {**record, "used": False, "reason": reason}
+        return boundary, {**record, "used": True}

@@ -1,0 +1,105 @@
+"""The machine a run or a benchmark runs on: devices, precision, versions, CPU.
+
+One place for what `metrics.json` records about the environment and what the
+benchmarks print about the machine. Importing this module does not import
+Keras (the benchmark parent process must stay Keras-free); the functions that
+need the backend import it when called.
+
+Example:
+
+```python
+from tlkit import environment
+
+environment.versions()["python"]        # '3.11.7'
+environment.cpu_info()["model"]         # 'AMD EPYC ...'
+environment.resolve_precision("auto")   # 'float32' on a CPU without bf16 instructions
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+
+PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "keras-hub")
+# Backends whose CPU kernels run bfloat16 faster than float32 on CPUs with native bf16
+# support (docs/performance.md measures it per backend).
+BF16_CPU_BACKENDS = ("tensorflow", "torch")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def versions(packages=PACKAGES) -> dict[str, str]:
+    """Python's version and the installed version of each of `packages` (absent ones left out)."""
+    found = {"python": platform.python_version()}
+    for package in packages:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[package] = importlib.metadata.version(package)
+    return found
+
+
+def cpu_info() -> dict:
+    """Model name, family/model numbers and flags of the first processor (`/proc/cpuinfo`; Linux)."""
+    info = {"model": platform.processor() or platform.machine(), "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    first = text.split("\n\n")[0]
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    info.update(model=fields.get("model name", info["model"]), family=fields.get("cpu family"),
+                model_number=fields.get("model"), flags=fields.get("flags", "").split())
+    return info
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX-BF16; Linux only)."""
+    return bool(set(cpu_info()["flags"]) & set(BF16_CPU_FLAGS))
+
+
+def memory_gb() -> float | None:
+    """Total RAM in GB (`/proc/meminfo`), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) * 1024 / 1e9, 1)
+    except OSError:
+        pass
+    return None
+
+
+def list_devices() -> list[str]:
+    """Devices of the current Keras backend, e.g. `["cpu:0"]` or `["gpu:0", "gpu:1"]`."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return list(keras.distribution.list_devices())
+    # Backend-specific helper: Keras' list_devices is not implemented for torch.
+    import torch
+
+    gpus = [f"gpu:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return gpus or ["cpu:0"]
+
+
+def device_info() -> dict:
+    """What metrics.json records about the hardware."""
+    return {"devices": list_devices(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` → mixed_float16 on a GPU (Keras adds loss scaling), mixed_bfloat16 on a CPU with
+    native bf16 instructions for backends that use them, else float32; other values unchanged."""
+    if precision != "auto":
+        return precision
+    import keras
+
+    devices = [device.lower() for device in list_devices()]
+    if any(device.startswith(("gpu", "cuda")) for device in devices):
+        return "mixed_float16"
+    if keras.backend.backend() in BF16_CPU_BACKENDS and cpu_has_bf16():
+        return "mixed_bfloat16"
+    return "float32"

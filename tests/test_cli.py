@@ -231,3 +231,32 @@ def test_a_preset_with_an_existing_run_is_refused(tmp_path, capsys, extra, messa
 def test_resume_without_an_existing_run_is_refused(capsys):
     assert main(["--preset", "smoke", "--resume", "--dry-run"]) == 2
     assert "--resume needs --existing-run DIR" in capsys.readouterr().err
+
+
+RELOAD_SCRIPT = """
+import sys
+import numpy as np
+import tlkit
+from tlkit.data import load_splits
+
+run = tlkit.runs.Run(sys.argv[1])
+config = tlkit.Config.from_dict(run.config())
+model = run.load_model()                       # a fresh process: nothing of tlkit imported but the package
+splits = load_splits(config.data, config.seed)
+predicted = model.predict(splits.test.images, verbose=0).argmax(axis=1)
+print("ACCURACY", float(np.mean(predicted == splits.test.labels)))
+"""
+
+
+def test_a_compiled_model_reloads_in_a_fresh_process(synthetic_data_dir, tmp_path):
+    # With augmentation the full model is compiled, so model.keras names tlkit's LR schedule.
+    runs_dir = tmp_path / "runs"
+    result = run_cli(*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", runs_dir, "--aug-flip",
+                     "--head-epochs", "1", "--finetune-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    run = only_run(runs_dir)
+    reload = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run.path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert reload.returncode == 0, reload.stderr[-2000:]
+    accuracy = float(reload.stdout.split("ACCURACY")[-1])
+    assert accuracy == pytest.approx(run.metrics()["test_accuracy"], abs=1e-9)

@@ -9,7 +9,8 @@ from tlkit.config import BACKBONE_BLOCKS, AugmentConfig, Config, ModelConfig, St
 from tlkit.data import load_splits
 from tlkit.layers import ImageNormalization, ImagePreparation
 from tlkit.model import Classifier, GraphSplitError, build_classifier, split_graph
-from tlkit.stages import StageSchedule, TrainingError, prepare_stage, run_stage
+from tlkit.schedules import StageSchedule
+from tlkit.stages import TrainingError, prepare_stage, run_stage
 
 from .helpers import smoke_config
 

@@ -18,9 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tlkit import runs  # noqa: E402
 from tlkit.config import PRESETS, Config, ConfigError  # noqa: E402
+from tlkit.runs import load_model  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "PRESETS", "fit", "runs", "__version__"]
+__all__ = ["Config", "ConfigError", "PRESETS", "fit", "load_model", "runs", "__version__"]
 
 
 def fit(config, run=None, resume=False, verbose="auto"):

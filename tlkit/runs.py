@@ -192,12 +192,8 @@ class Run:
         return self.file(MODEL_FILE)
 
     def load_model(self):
-        """Loads `model.keras` (imports tlkit's custom layers first)."""
-        import keras
-
-        from tlkit import model as _model  # noqa: F401  registers the custom layers
-
-        return keras.saving.load_model(self.model_path)
+        """The trained model (`model.keras`), loadable in any process; see `load_model`."""
+        return load_model(self.model_path)
 
     # ---- writers (used by the training process) ----
 
@@ -263,6 +259,20 @@ def _pid_alive(pid) -> bool:
 def now() -> str:
     """The local time with its UTC offset, to the second (status.json timestamps)."""
     return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def load_model(path: str | os.PathLike):
+    """Loads a tlkit `model.keras` in any process, on any backend.
+
+    tlkit's custom layers and its learning-rate schedule (named by the saved optimizer of a
+    compiled model) are registered with Keras when their modules are imported; this imports
+    them first, so `keras.saving.load_model` finds them.
+    """
+    import keras
+
+    from tlkit import layers, schedules  # noqa: F401  registers tlkit's Keras objects
+
+    return keras.saving.load_model(path)
 
 
 # ---- the store ----------------------------------------------------------------

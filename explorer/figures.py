@@ -263,9 +263,11 @@ def misclassified_subset(data: dict[str, np.ndarray] | None, true: int | None = 
     return order[:limit].tolist()
 
 
-def enlarge(image: np.ndarray, factor: int = 3) -> np.ndarray:
-    """Nearest-neighbour upscaling so 28×28 images stay crisp in the browser."""
+def enlarge(image: np.ndarray, target: int = 84) -> np.ndarray:
+    """Nearest-neighbour upscaling of small images (28×28 → 84×84) so they stay crisp in the browser;
+    grayscale as (H, W), colour as (H, W, 3); images already `target` px or larger are left as they are."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    return np.kron(image, np.ones((factor, factor), dtype=image.dtype))
+    factor = max(1, target // max(image.shape[:2]))
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)

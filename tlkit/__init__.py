@@ -21,7 +21,7 @@ from tlkit.config import PRESETS, Config, ConfigError  # noqa: E402
 from tlkit.runs import load_model  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "PRESETS", "fit", "load_model", "runs", "__version__"]
+__all__ = ["Config", "ConfigError", "PRESETS", "classify", "export_model", "fit", "load_model", "runs", "__version__"]
 
 
 def fit(config, run=None, resume=False, verbose="auto"):
@@ -29,3 +29,17 @@ def fit(config, run=None, resume=False, verbose="auto"):
     from tlkit.training import fit as _fit  # imports Keras lazily: the CLI validates first
 
     return _fit(config, run=run, resume=resume, verbose=verbose)
+
+
+def classify(run_or_path, images_or_paths, top_k=3, batch_size=64):
+    """Top-k classes of new images with a run's model, as `python -m tlkit.predict`; see `tlkit.predict.classify`."""
+    from tlkit.predict import classify as _classify
+
+    return _classify(run_or_path, images_or_paths, top_k=top_k, batch_size=batch_size)
+
+
+def export_model(run_or_path, format="keras", out=None):
+    """Exports a run's model and checks the artefact, as `python -m tlkit.export`; see `tlkit.export`."""
+    from tlkit.export import export_model as _export_model
+
+    return _export_model(run_or_path, format, out)

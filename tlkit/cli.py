@@ -35,7 +35,7 @@ New runs go into a new directory under --runs-dir (default $TLKIT_RUNS_DIR or ./
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tlkit.train",
-        description="Transfer learning on Fashion-MNIST: frozen-backbone head stage, then fine-tuning.",
+        description="Transfer learning on small image datasets: frozen-backbone head stage, then fine-tuning.",
         epilog=PRECEDENCE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

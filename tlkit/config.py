@@ -123,18 +123,37 @@ class UnfreezeSpec:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Where the images come from and how they are split."""
+    """Where the images come from and how they are split (formats: docs/data.md)."""
 
     flag_prefix: typing.ClassVar[str] = ""
+    # The datasets `source` can name; everything else is a folder or an .npz path.
+    BUILTINS: typing.ClassVar[tuple[str, ...]] = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+    SOURCE_FORMS: typing.ClassVar[str] = (
+        "a built-in dataset (fashion_mnist, mnist, cifar10, cifar100), a folder of images "
+        "(DIR/<class>/* or DIR/train|test[|val]/<class>/*) or an .npz file (x_train, y_train, x_test, y_test)"
+    )
 
+    source: str = option(
+        "fashion_mnist",
+        "The images: a built-in dataset (fashion_mnist, mnist, cifar10, cifar100; downloaded through "
+        "keras.datasets unless --data-dir), a folder (DIR/<class>/* or DIR/train|test[|val]/<class>/*) "
+        "or an .npz file (x_train, y_train, x_test, y_test, optional class_names).",
+        flag="data",
+    )
     data_dir: str | None = option(
         None,
-        "Directory with the four Fashion-MNIST IDX files (.gz or raw); "
+        "Local copy of the built-in dataset: the four IDX files (.gz or raw) for fashion_mnist/mnist, "
+        "Keras' cifar-10-batches-py / cifar-100-python folder (or its .tar.gz) for cifar10/cifar100; "
         "default: download through keras.datasets.",
     )
     validation_split: float = option(
         0.1, "Fraction of the training set held out (stratified) for validation.",
         min=0.0, max=0.5,
+    )
+    test_split: float = option(
+        0.2, "Folder with one subfolder per class only: fraction of each class held out (stratified, "
+        "seeded) as the test set.",
+        min=0.05, max=0.5,
     )
     train_limit: int | None = option(
         None, "Use a stratified subset of this many training images (before the split).",
@@ -143,6 +162,50 @@ class DataConfig:
     test_limit: int | None = option(
         None, "Evaluate on a stratified subset of this many test images.", min=10
     )
+    image_size: int | None = option(
+        None, "Folder sources: side of the square size images are decoded to once and stored at "
+        "(default: model.image_size).",
+        min=8, max=1024, flag="data-image-size",
+    )
+    strict: bool = option(
+        False, "Folder sources: unreadable image files are an error instead of being skipped with a warning.",
+        flag="strict-data",
+    )
+
+    def source_kind(self) -> str | None:
+        """'builtin', 'folder' or 'npz' for what `source` names; None when it names nothing usable."""
+        if self.source in self.BUILTINS:
+            return "builtin"
+        path = Path(self.source).expanduser()
+        if path.is_dir():
+            return "folder"
+        if path.is_file() and path.suffix.lower() == ".npz":
+            return "npz"
+        return None
+
+    def check_source(self) -> None:
+        """Raises ConfigError unless `source` names something loadable and `data_dir` fits it.
+
+        Only paths are checked here (before any compute); `tlkit.data` reads the files.
+        """
+        kind = self.source_kind()
+        if kind is None:
+            raise ConfigError(
+                f"data.source: {self.source!r} is neither a built-in name nor an existing folder or .npz file; "
+                f"use {self.SOURCE_FORMS}"
+            )
+        if not self.data_dir:
+            return
+        if kind != "builtin":
+            raise ConfigError(
+                f"data.data_dir: only for the built-in datasets, but data.source {self.source!r} is a {kind}"
+            )
+        path = Path(self.data_dir).expanduser()
+        if self.source.startswith("cifar"):
+            if not (path.is_dir() or (path.is_file() and path.name.endswith(".tar.gz"))):
+                raise ConfigError(f"data.data_dir: {self.data_dir!r} is not a directory or a .tar.gz archive")
+        elif not path.is_dir():
+            raise ConfigError(f"data.data_dir: {self.data_dir!r} is not a directory")
 
 
 @dataclasses.dataclass
@@ -340,8 +403,7 @@ class Config:
             raise ConfigError(
                 f"model.weights: {weights!r} is not 'imagenet', 'none' or an existing weights file"
             )
-        if self.data.data_dir and not Path(self.data.data_dir).expanduser().is_dir():
-            raise ConfigError(f"data.data_dir: {self.data.data_dir!r} is not a directory")
+        self.data.check_source()
         backbone = self.model.backbone
         if backbone not in LOCAL_BACKBONES and not backbone.startswith(KERAS_HUB_PREFIX):
             raise ConfigError(f"model.backbone: {backbone!r} is not one of {BACKBONE_CHOICES_HELP}")

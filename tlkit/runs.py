@@ -10,8 +10,10 @@ A run lives in `<runs_dir>/<run_id>/` and holds:
 - `metrics.json`: `test_accuracy`, `test_loss`, `confusion_matrix`, per-class
   metrics, class names, backend, versions, device, seconds per stage, images/s.
 - `model.keras`: the trained model (reloads on every backend after `import tlkit`).
-- `misclassified.npz`: `index`, `true`, `predicted`, `confidence` and the 28×28
-  `images` of the misclassified test images.
+- `data.json`: what the run trained on: source, class names, input shape, split sizes,
+  skipped files (written when the data is loaded, so `tlkit.predict` can name classes).
+- `misclassified.npz`: `index`, `true`, `predicted`, `confidence` and the `images` of the
+  misclassified test images (N, H, W) for grayscale, (N, H, W, 3) for colour.
 - `train.log`: the CLI's output when launched by the explorer.
 
 Every write goes to a temp file first and is renamed into place, so a reader
@@ -53,6 +55,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 MISCLASSIFIED_FILE = "misclassified.npz"
+DATA_FILE = "data.json"
 LOG_FILE = "train.log"
 
 
@@ -172,6 +175,17 @@ class Run:
     def metrics(self) -> dict | None:
         return _read_json(self.file(METRICS_FILE))
 
+    def data_info(self) -> dict | None:
+        """`data.json`: source, class names, input shape, sizes."""
+        return _read_json(self.file(DATA_FILE))
+
+    def class_names(self) -> list[str] | None:
+        """The class names of the run's data (data.json, else metrics.json), None if unknown."""
+        for record in (self.data_info(), self.metrics()):
+            if record and record.get("class_names"):
+                return [str(name) for name in record["class_names"]]
+        return None
+
     def misclassified(self) -> dict[str, np.ndarray] | None:
         """Arrays `index`, `true`, `predicted`, `confidence`, `images`; None if absent."""
         try:
@@ -218,6 +232,9 @@ class Run:
         for existing in rows:
             writer.writerow({key: _format_cell(existing.get(key)) for key in HISTORY_COLUMNS})
         write_atomic(self.file(HISTORY_FILE), buffer.getvalue())
+
+    def write_data_info(self, info: dict) -> None:
+        write_json(self.file(DATA_FILE), info)
 
     def write_metrics(self, metrics: dict) -> None:
         write_json(self.file(METRICS_FILE), metrics)

@@ -91,7 +91,8 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     run.update_status(stage="data")
-    splits = load_splits(config.data, config.seed)
+    splits = load_splits(config.data, config.seed, image_size=config.model.image_size)
+    run.write_data_info(_data_info(config, splits))
     run.update_status(stage="model", data_sizes=splits.sizes())
     if completed and run.model_path.exists():
         classifier = Classifier.from_model(run.load_model())
@@ -199,10 +200,22 @@ def _evaluate(predict, splits: Splits, run: runs.Run, tta_flip: bool = False) ->
     wrong = misclassified(splits.test.labels, probabilities)
     run.write_misclassified(index=splits.test.indices[wrong["position"]], true=wrong["true"],
                             predicted=wrong["predicted"], confidence=wrong["confidence"],
-                            images=splits.test.images[wrong["position"], ..., 0])
+                            images=_for_gallery(splits.test.images[wrong["position"]]))
     report["evaluate_seconds"] = round(seconds, 2)
     report["evaluate_images_per_second"] = len(splits.test) / seconds if seconds else None
     return report
+
+
+def _for_gallery(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) for grayscale, (N, H, W, 3) for colour: what image viewers take."""
+    return images[..., 0] if images.shape[-1] == 1 else images
+
+
+def _data_info(config: Config, splits: Splits) -> dict:
+    return {"source": config.data.source, "class_names": list(splits.class_names),
+            "input_shape": list(splits.input_shape), "sizes": splits.sizes(),
+            "identity": getattr(splits, "identity", None),
+            "skipped": [list(item) for item in getattr(splits, "skipped", [])][:100]}
 
 
 def save_model(model: keras.Model, run: runs.Run) -> None:

@@ -169,6 +169,8 @@ def test_misclassified_subset_filters_and_orders():
     assert figures.misclassified_subset(data, true=1, predicted=2) == [3, 0]
     assert figures.misclassified_subset(None) == []
     assert figures.enlarge(np.ones((28, 28, 1), np.uint8)).shape == (84, 84)
+    assert figures.enlarge(np.ones((32, 32, 3), np.uint8)).shape == (64, 64, 3)  # colour stays colour
+    assert figures.enlarge(np.ones((224, 224, 3), np.uint8)).shape == (224, 224, 3)
 
 
 def test_clean_log_collapses_progress_bars():

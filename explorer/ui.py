@@ -16,11 +16,20 @@ import streamlit as st
 
 from explorer import forms, launcher, tables, worker
 from tlkit import runs
-from tlkit.config import BACKBONE_BLOCKS, KERAS_HUB_PREFIX, LOCAL_BACKBONES, PRESETS, ConfigError, UnfreezeSpec
+from tlkit.config import (
+    BACKBONE_BLOCKS,
+    KERAS_HUB_PREFIX,
+    LOCAL_BACKBONES,
+    PRESETS,
+    ConfigError,
+    DataConfig,
+    UnfreezeSpec,
+)
 
 DEFAULT_PRESET = "smoke" if "smoke" in PRESETS else next(iter(PRESETS))
 KERAS_HUB_CHOICE = f"{KERAS_HUB_PREFIX}…"
 WEIGHTS_FILE_CHOICE = "weights file…"
+SOURCE_PATH_CHOICE = "folder or .npz file…"
 LAYERS_MODE, BLOCK_MODE = "last N layers", "backbone block"
 
 
@@ -123,10 +132,44 @@ def _unfreeze_value(widget: forms.WidgetSpec, backbone: str) -> str:
                         key=wkey(widget.key, "block"))
 
 
+def _seed_source(value: str) -> None:
+    builtin = value in DataConfig.BUILTINS
+    st.session_state[wkey("data.source", "choice")] = value if builtin else SOURCE_PATH_CHOICE
+    st.session_state[wkey("data.source", "path")] = "" if builtin else value
+
+
+def _render_source(widget: forms.WidgetSpec) -> str:
+    choice = st.selectbox("Dataset", [*DataConfig.BUILTINS, SOURCE_PATH_CHOICE], help=widget.help,
+                          key=wkey(widget.key, "choice"))
+    value = choice
+    if choice == SOURCE_PATH_CHOICE:
+        value = st.text_input("Folder (one subfolder per class) or .npz file", key=wkey(widget.key, "path"),
+                              placeholder="/data/photos").strip()
+    if value:
+        st.caption(source_preview(value))
+    return value
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def source_preview(source: str) -> str:
+    """One line on what the source holds (classes and image counts), read without decoding."""
+    from tlkit.data import describe_source
+
+    info = describe_source(DataConfig(source=source))
+    if "error" in info:
+        return f"⚠ {info['error']}"
+    names, counts = info["class_names"], info["counts"]
+    shown = [f"{name} ({count})" for name, count in zip(names, counts)] if counts else list(names)
+    more = f", … {len(names) - 12} more" if len(names) > 12 else ""
+    total = f", {sum(counts):,} images" if counts else ""
+    return f"{info['kind']}: {len(names)} classes{total}: {', '.join(shown[:12])}{more}"
+
+
 # Fields drawn by several widgets: how to seed them, and which widget key shows they are seeded.
 CUSTOM_SEEDS = {"model.backbone": _seed_backbone, "model.weights": _seed_weights,
-                "finetune.unfreeze": _seed_unfreeze}
-CUSTOM_PROBES = {"model.backbone": "choice", "model.weights": "choice", "finetune.unfreeze": "mode"}
+                "finetune.unfreeze": _seed_unfreeze, "data.source": _seed_source}
+CUSTOM_PROBES = {"model.backbone": "choice", "model.weights": "choice", "finetune.unfreeze": "mode",
+                 "data.source": "choice"}
 
 
 def _seed(widget: forms.WidgetSpec, value: Any) -> None:
@@ -213,6 +256,8 @@ def config_form() -> tuple[dict[str, Any], str]:
 
 
 def _render_field(widget: forms.WidgetSpec, values: dict[str, Any]) -> Any:
+    if widget.key == "data.source":
+        return _render_source(widget)
     if widget.key == "model.backbone":
         return _render_backbone(widget)
     if widget.key == "model.weights":

@@ -49,7 +49,6 @@ from tlkit.data import Splits
 from tlkit.model import BoundarySplit, Classifier, GraphSplitError
 
 CACHE_DTYPE = "float16"
-BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jaxlib", "torch": "torch"}
 Progress = Callable[[float], None]
 
 
@@ -83,9 +82,10 @@ def cache_identity(config: Config, classifier: Classifier, precision: str) -> di
     if classifier.weights_id is None:  # e.g. a reloaded model: nothing says which weights it holds
         return None
     backend = keras.backend.backend()
+    packages = ("tlkit", "keras", environment.BACKEND_PACKAGES.get(backend, backend))
     identity = {"backbone": config.model.backbone, "weights": classifier.weights_id,
                 "image_size": config.model.image_size, "precision": precision, "backend": backend,
-                "versions": environment.versions(("tlkit", "keras", BACKEND_PACKAGES.get(backend, backend)))}
+                "versions": environment.versions(packages)}
     if classifier.weights_id == "none":
         identity["init_seed"] = config.seed
     return identity

@@ -797,6 +797,32 @@ def load_npz(path: str | Path):
 # ---- splits ---------------------------------------------------------------------
 
 
+def describe_source(config: DataConfig) -> dict:
+    """What a source holds, without decoding images or downloading anything (for previews).
+
+    Returns:
+        `{"kind", "class_names", "counts"}`: counts are images per class (train + val + test),
+        None where only loading tells (built-ins are known by name); `{"error": message}` when
+        the source cannot be used.
+    """
+    kind = config.source_kind()
+    try:
+        if kind == "builtin":
+            return {"kind": kind, "class_names": list(BUILTIN_CLASS_NAMES[config.source]), "counts": None}
+        if kind == "folder":
+            folder = _list_folder(Path(config.source).expanduser())
+            counts = np.bincount(folder.labels, minlength=len(folder.class_names))
+            return {"kind": kind, "layout": folder.layout, "class_names": list(folder.class_names),
+                    "counts": [int(count) for count in counts]}
+        if kind == "npz":
+            (_, y_train), (_, y_test), class_names = load_npz(config.source)
+            counts = np.bincount(np.concatenate([y_train, y_test]), minlength=len(class_names))
+            return {"kind": kind, "class_names": list(class_names), "counts": [int(count) for count in counts]}
+    except DataError as error:
+        return {"error": str(error)}
+    return {"error": f"data.source: {config.source!r} is neither a built-in name nor an existing folder or .npz file"}
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Splits indices into (keep, held_out) with `fraction` of each class held out."""
     rng = np.random.default_rng(seed)

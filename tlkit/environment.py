@@ -25,6 +25,8 @@ import platform
 from pathlib import Path
 
 PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "keras-hub")
+# The package that carries each Keras backend's kernels.
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jaxlib", "torch": "torch"}
 # Backends whose CPU kernels run bfloat16 faster than float32 on CPUs with native bf16
 # support (docs/performance.md measures it per backend).
 BF16_CPU_BACKENDS = ("tensorflow", "torch")

@@ -40,7 +40,7 @@ from tlkit.evaluate import per_class_metrics
 # Fields that say where a run lives or how it was cached, not what was trained.
 BOOKKEEPING_KEYS = ("name", "preset", "runs_dir", "cache_dir", "cache_memory_gb")
 # Fields holding local file paths: runs launched from different folders spell the same file differently.
-LOCAL_FILE_KEYS = ("data.data_dir", "model.weights")
+LOCAL_FILE_KEYS = ("data.source", "data.data_dir", "model.weights")
 # Keys of metrics.json's `versions` that name a Keras backend's own package.
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 

@@ -96,6 +96,24 @@ def test_keras_hub_backbone_falls_back_to_a_text_box(runs_dir, no_worker):
     assert "Unfreezes: last 16 layers" in [c.value for c in at.caption]
 
 
+def test_data_source_picker_previews_classes_and_counts(runs_dir, no_worker, tmp_path):
+    from PIL import Image
+
+    for name, count in (("cats", 3), ("dogs", 2)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (12, 9), (index * 40, 90, 10)).save(tmp_path / "photos" / name / f"{index}.png")
+    at = app().run()
+    assert at.selectbox(key=ui.wkey("data.source", "choice")).value == "fashion_mnist"
+    assert any(c.value.startswith("builtin: 10 classes: T-shirt/top") for c in at.caption)
+    at.selectbox(key=ui.wkey("data.source", "choice")).select(ui.SOURCE_PATH_CHOICE).run()
+    at.text_input(key=ui.wkey("data.source", "path")).input(str(tmp_path / "photos")).run()
+    assert not at.exception
+    assert "folder: 2 classes, 5 images: cats (3), dogs (2)" in [c.value for c in at.caption]
+    at.text_input(key=ui.wkey("data.source", "path")).input(str(tmp_path / "nowhere")).run()
+    assert any("is neither a built-in name nor an existing folder" in c.value for c in at.caption)
+
+
 # The server must stay thin: importing the explorer and rendering every page never loads a Keras backend.
 THIN_SERVER_CHECK = """
 import sys

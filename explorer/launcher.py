@@ -36,6 +36,19 @@ def queue_run(runs_dir, config: Config, backend: str) -> runs.Run:
     return run
 
 
+def resume_run(run: runs.Run) -> str:
+    """Queues a crashed, failed or cancelled run again; the worker continues it after its last
+    finished stage (`--existing-run DIR --resume`)."""
+    with worker.queue_lock(run.path.parent):
+        state = run.status().get("state")
+        if state not in ("crashed", "failed", "cancelled"):
+            return f"{run.run_id} is {state}; only a crashed, failed or cancelled run can be resumed."
+        if run.holder() is not None:
+            return f"{run.run_id} is being trained right now; not queueing it again."
+        run.update_status(state="queued", resume=True, error=None, queued_at=time.time())
+    return f"{run.run_id}: queued to resume after its last finished stage."
+
+
 def queue_many(runs_dir, configs: list[Config], backend: str) -> list[runs.Run]:
     return [queue_run(runs_dir, config, backend) for config in configs]
 

@@ -37,7 +37,8 @@ IGNORED_FIELDS = ("name", "runs_dir")
 # Streamlit material icons (markdown), so they render without an emoji font.
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
-               "cancelled": ":material/cancel:", "unknown": ":orange[:material/help:]"}
+               "cancelled": ":material/cancel:", "crashed": ":red[:material/heart_broken:]",
+               "unknown": ":orange[:material/help:]"}
 
 
 class RunSummary:

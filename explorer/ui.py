@@ -356,6 +356,12 @@ def run_details(summary: tables.RunSummary) -> None:
         st.info(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
     elif summary.error:
         st.error(f"{summary.state}: {summary.error}")
+    if summary.state in ("crashed", "failed", "cancelled") and (summary.status.get("completed_stages")
+                                                                 or summary.state == "crashed"):
+        if st.button("Resume", key=f"resume:{run.run_id}", help="Queue it again; the trainer continues after "
+                     "its last finished stage (--existing-run DIR --resume)."):
+            st.toast(launcher.resume_run(run))
+            launcher.ensure_worker(run.path.parent, st.session_state.get("max_concurrent", 1))
     log = tables.clean_log(run.log_tail(8000))[-4000:]
     if log:
         st.caption("train.log (tail)")

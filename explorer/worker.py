@@ -24,6 +24,7 @@ import fcntl
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from datetime import datetime
@@ -120,7 +121,7 @@ def queued_runs(runs_dir: Path) -> list[runs.Run]:
     return [run for _, run in sorted(found, key=lambda item: item[0])]
 
 
-def train_command(run_dir: Path, train_cmd: str | list[str] | None = None) -> list[str]:
+def train_command(run_dir: Path, train_cmd: str | list[str] | None = None, resume: bool = False) -> list[str]:
     """The trainer's argv for an existing (queued) run directory: `python -m tlkit.train` unless
     overridden (tests, custom trainers), then `--existing-run <run_dir>`."""
     train_cmd = train_cmd or os.environ.get(TRAIN_CMD_ENV)
@@ -131,7 +132,7 @@ def train_command(run_dir: Path, train_cmd: str | list[str] | None = None) -> li
     else:
         # One line per epoch: progress-bar redraws would fill train.log.
         base = [sys.executable, "-m", "tlkit.train", "--verbose", "2"]
-    return [*base, "--existing-run", str(run_dir)]
+    return [*base, "--existing-run", str(run_dir), *(["--resume"] if resume else [])]
 
 
 def child_env(backend: str | None) -> dict[str, str]:
@@ -152,27 +153,29 @@ def claim_next(runs_dir: Path, train_cmd=None) -> tuple[runs.Run, subprocess.Pop
     with queue_lock(runs_dir):
         for run in queued_runs(runs_dir):
             status = run.status()
-            if status.get("state") != "queued":
-                continue
+            if status.get("state") != "queued" or run.holder() is not None:
+                continue  # cancelled or claimed a moment ago, or a trainer started by hand holds it
             if run.config() is None:
                 run.update_status(state="failed", error="config.json is missing or unreadable",
                                   finished_at=runs.now())
                 continue
             with open(run.file(runs.LOG_FILE), "ab") as log:
                 process = subprocess.Popen(
-                    train_command(run.path.resolve(), train_cmd),
+                    train_command(run.path.resolve(), train_cmd, resume=bool(status.get("resume"))),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=child_env(status.get("backend")),
                 )
             # The trainer rewrites this with its own details once it is up.
-            run.update_status(state="running", pid=process.pid, worker_pid=os.getpid(),
-                              started_at=runs.now(), error=None)
+            run.update_status(state="running", pid=process.pid, worker_pid=os.getpid(), host=socket.gethostname(),
+                              started_at=runs.now(), error=None, resume=False)
             return run, process
     return None
 
 
 def finish(run: runs.Run, returncode: int) -> dict:
     """Gives a run a final state if its trainer died without writing one."""
+    if run.holder() is not None:  # another trainer holds the run (ours was refused): leave its files alone
+        return run.status()
     run.update_status(exit_code=returncode)
     status = run.status(raw=True)
     if status.get("state") in runs.FINAL_STATES:
@@ -180,6 +183,9 @@ def finish(run: runs.Run, returncode: int) -> dict:
     if returncode == -signal.SIGTERM:
         # Cancelled before the trainer installed its SIGTERM handler.
         return run.update_status(state="cancelled", finished_at=runs.now())
+    if returncode < 0:  # killed by a signal (SIGKILL: the OOM killer, kill -9): it can be resumed
+        return run.update_status(state="crashed", finished_at=runs.now(),
+                                 error=f"the trainer was killed by signal {-returncode}; {runs.CRASHED_ERROR}")
     tail = run.log_tail(400).strip().splitlines()
     hint = f": {tail[-1]}" if tail else ""
     return run.update_status(

@@ -260,3 +260,49 @@ def test_a_compiled_model_reloads_in_a_fresh_process(synthetic_data_dir, tmp_pat
     assert reload.returncode == 0, reload.stderr[-2000:]
     accuracy = float(reload.stdout.split("ACCURACY")[-1])
     assert accuracy == pytest.approx(run.metrics()["test_accuracy"], abs=1e-9)
+
+
+def start_trainer(runs_dir, synthetic_data_dir, *extra):
+    args = [*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--head-epochs", "1",
+            "--finetune-epochs", "300", *extra]
+    process = subprocess.Popen([sys.executable, "-m", "tlkit.train", *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: runs.list_runs(runs_dir)
+                      and sum(r["stage"] == "finetune" for r in only_run(runs_dir).history()) >= 1)
+    return process, only_run(runs_dir)
+
+
+def test_kill_9_reads_as_crashed_and_resumes(synthetic_data_dir, tmp_path):
+    process, run = start_trainer(tmp_path / "runs", synthetic_data_dir)
+    try:
+        assert run.status()["state"] == "running" and run.holder()["pid"] == process.pid
+        process.kill()  # SIGKILL: no handler runs, status.json still says running
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert run.status(raw=True)["state"] == "running"
+    status = run.status()
+    assert status["state"] == "crashed" and "--resume" in status["error"] and run.holder() is None
+    result = run_cli("--existing-run", run.path, "--resume", "--finetune-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert run.status()["state"] == "completed"
+    assert [(r["stage"], r["epoch"]) for r in run.history()] == [("head", 1), ("finetune", 1)]
+
+
+def test_a_second_trainer_on_a_busy_run_is_refused_and_changes_nothing(synthetic_data_dir, tmp_path):
+    process, run = start_trainer(tmp_path / "runs", synthetic_data_dir)
+    try:
+        result = run_cli("--existing-run", run.path, "--resume", timeout=120)
+        assert result.returncode == 1
+        assert f"is being trained by pid {process.pid} on host" in result.stderr
+        status = run.status()
+        assert status["state"] == "running" and status["pid"] == process.pid and status["error"] is None
+        rows = run.history()
+        assert len({(r["stage"], r["epoch"]) for r in rows}) == len(rows)  # no interleaved duplicates
+        with pytest.raises(RuntimeError, match=f"being trained by pid {process.pid}"):
+            runs.delete_run(run)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 130
+    finally:
+        process.kill()
+    assert run.status()["state"] == "cancelled" and run.holder() is None

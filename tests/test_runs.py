@@ -1,3 +1,7 @@
+import os
+import socket
+import time
+
 import numpy as np
 import pytest
 
@@ -30,18 +34,52 @@ def test_readers_tolerate_corrupt_and_missing_files(tmp_path):
     assert run.history() == [] and run.metrics() is None and run.misclassified() is None
 
 
-def test_a_running_run_whose_process_died_reads_as_failed(tmp_path):
+def test_a_running_run_whose_process_died_reads_as_crashed(tmp_path):
     run = runs.create_run(tmp_path)
     run.update_status(pid=2 ** 22 + 12345)  # no such process
     status = run.status()
-    assert status["state"] == "failed" and "ended without finishing" in status["error"]
+    assert status["state"] == "crashed" and "--existing-run DIR --resume" in status["error"]
+    assert run.status(raw=True)["state"] == "running"
+
+
+def beat(run, host, age, pid=None):
+    runs.write_json(run.file(runs.HEARTBEAT_FILE), {"pid": pid or os.getpid(), "host": host, "at": time.time() - age})
+
+
+def test_liveness_comes_from_the_heartbeat_on_any_host(tmp_path):
+    run = runs.create_run(tmp_path)
+    run.update_status(pid=2 ** 22 + 12345, host="gpu-node-7")  # a pid that means nothing here
+    beat(run, "gpu-node-7", age=5)
+    assert run.status()["state"] == "running" and run.holder() == {"pid": os.getpid(), "host": "gpu-node-7"}
+    with pytest.raises(RuntimeError, match="being trained by pid .* on host gpu-node-7"):
+        runs.delete_run(run)
+    beat(run, "gpu-node-7", age=runs.HEARTBEAT_STALE + 1)
+    assert run.status()["state"] == "crashed" and run.holder() is None
+    # This host: a live pid with a stale heartbeat is a recycled pid, not the trainer.
+    beat(run, socket.gethostname(), age=runs.HEARTBEAT_STALE + 1)
+    assert run.status()["state"] == "crashed"
+    beat(run, socket.gethostname(), age=1)
+    assert run.status()["state"] == "running"
+
+
+def test_one_trainer_per_run_directory(tmp_path):
+    run = runs.create_run(tmp_path)
+    with run.claim():
+        assert run.heartbeat()["pid"] == os.getpid() and run.trainer_alive()
+        assert run.holder()["pid"] == os.getpid()
+        with pytest.raises(runs.RunLocked, match=f"run {run.run_id} is being trained by pid {os.getpid()} on host"):
+            with run.claim():
+                pass
+    assert run.holder() is None and run.heartbeat() is None
+    with run.claim():  # free again
+        pass
 
 
 def test_delete_refuses_running_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("TLKIT_RUNS_DIR", str(tmp_path))
     run = runs.create_run(None)  # uses the env var
     assert run.path.parent == tmp_path
-    with pytest.raises(RuntimeError, match="still running"):
+    with pytest.raises(RuntimeError, match="still being trained"):
         runs.delete_run(run)
     run.update_status(state="completed")
     runs.delete_run(run)

@@ -111,12 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        if args.existing_run and Path(args.existing_run).is_dir():
+        if args.existing_run and Path(args.existing_run).is_dir() and runs.Run(args.existing_run).holder() is None:
             runs.Run(args.existing_run).update_status(state="failed", error=str(error))
         return EXIT_USAGE
     if args.dry_run:
         print(config.to_json())
         return EXIT_OK
+    holder = runs.Run(args.existing_run).holder() if args.existing_run else None
+    if holder is not None:  # before the slow Keras import; fit() holds the lock itself
+        print(f"error: run {Path(args.existing_run).name} is being trained by pid {holder.get('pid')} on host "
+              f"{holder.get('host')}; wait for it, or cancel it first", file=sys.stderr)
+        return EXIT_FAILED
 
     from tlkit.training import RunCancelled, describe_error, fit  # imports Keras: after arg checks
 
@@ -126,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunCancelled as error:
         print(f"\ncancelled: {error}", file=sys.stderr)
         return EXIT_CANCELLED
+    except runs.RunLocked as error:  # another trainer holds the run: its files are left alone
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # status.json already says failed with the reason
         print(f"\nerror: {describe_error(error)}", file=sys.stderr)
         return EXIT_FAILED

@@ -3,7 +3,8 @@
 A run lives in `<runs_dir>/<run_id>/` and holds:
 
 - `config.json`: the full resolved `Config`.
-- `status.json`: `state` (queued, running, completed, failed, cancelled), `stage`,
+- `status.json`: `state` (queued, running, completed, failed, cancelled, and as read:
+  crashed), `stage`,
   `epoch`, `epochs`, `progress` 0..1, `error`, `pid`, timestamps; updated while running.
 - `history.csv`: one row per epoch: `stage, epoch, loss, accuracy, val_loss,
   val_accuracy, lr, seconds`.
@@ -32,14 +33,18 @@ for run in runs.list_runs("runs"):
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-FINAL_STATES = ("completed", "failed", "cancelled")
+FINAL_STATES = ("completed", "failed", "cancelled", "crashed")
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -57,6 +62,18 @@ MODEL_FILE = "model.keras"
 MISCLASSIFIED_FILE = "misclassified.npz"
 DATA_FILE = "data.json"
 LOG_FILE = "train.log"
+LOCK_FILE = ".trainer.lock"
+HEARTBEAT_FILE = ".heartbeat.json"
+# The trainer rewrites its heartbeat this often; a heartbeat older than HEARTBEAT_STALE means its
+# trainer is gone (killed, out of memory, machine down), whichever host it ran on.
+HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_STALE = float(os.environ.get("TLKIT_HEARTBEAT_STALE_SECONDS", 120))
+CRASHED_ERROR = ("the trainer stopped without finishing (killed, out of memory or its machine went down); "
+                 "continue it with --existing-run DIR --resume")
+
+
+class RunLocked(RuntimeError):
+    """Another trainer holds the run directory; the message names its pid and host."""
 
 
 def default_runs_dir() -> Path:
@@ -145,18 +162,119 @@ class Run:
     def status(self, raw: bool = False) -> dict:
         """The status dict; `{"state": "unknown", "error": ...}` when unreadable.
 
+        A `running` run whose trainer is gone reads as `crashed` (with a reason that says how
+        to resume); see `trainer_alive`.
+
         Args:
-            raw: return the file as written, without turning a `running` state
-                whose process is gone into `failed`.
+            raw: return the file as written.
         """
         status = _read_json(self.file(STATUS_FILE))
         if status is None:
             return {"state": "unknown", "error": f"{STATUS_FILE} is missing or unreadable"}
-        if not raw and status.get("state") == "running" and not _pid_alive(status.get("pid")):
-            # The process died without writing a final state (killed, machine reboot).
-            status = {**status, "state": "failed", "error": status.get("error")
-                      or "the training process ended without finishing (killed?)"}
+        if not raw and status.get("state") == "running" and not self.trainer_alive(status):
+            status = {**status, "state": "crashed", "error": status.get("error") or CRASHED_ERROR}
         return status
+
+    def heartbeat(self) -> dict | None:
+        """The trainer's last heartbeat: `pid`, `host`, `at` (seconds since the epoch)."""
+        return _read_json(self.file(HEARTBEAT_FILE))
+
+    def trainer_alive(self, status: dict | None = None) -> bool:
+        """Whether a trainer is working on this run, on this host or another.
+
+        A heartbeat younger than `HEARTBEAT_STALE` seconds means alive on any host; on this host
+        the trainer's pid must also still exist (a kill -9 shows at once). Without a heartbeat
+        (a trainer still starting, or an old run), the recorded pid decides on this host.
+        """
+        beat = self.heartbeat()
+        if beat and isinstance(beat.get("at"), (int, float)):
+            fresh = time.time() - beat["at"] < HEARTBEAT_STALE
+            if beat.get("host") == socket.gethostname():
+                return fresh and _pid_alive(beat.get("pid"))
+            return fresh
+        status = status if status is not None else (_read_json(self.file(STATUS_FILE)) or {})
+        if status.get("host") not in (None, socket.gethostname()):
+            return True  # another host, no heartbeat yet: not ours to call dead
+        return _pid_alive(status.get("pid"))
+
+    def holder(self) -> dict | None:
+        """`{"pid", "host", "since"}` of the trainer holding this run's lock (this host's view), or None."""
+        path = self.file(LOCK_FILE)
+        try:
+            handle = open(path, "a+")
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                try:
+                    return json.loads(handle.read() or "{}")
+                except ValueError:
+                    return {}
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        beat = self.heartbeat()  # a trainer on another host holds no lock here: its heartbeat speaks
+        if beat and beat.get("host") != socket.gethostname() and self.trainer_alive():
+            return {key: beat.get(key) for key in ("pid", "host")}
+        return None
+
+    @contextlib.contextmanager
+    def claim(self):
+        """Holds the run for one trainer: an exclusive lock plus a heartbeat, for the `with` block.
+
+        Raises:
+            RunLocked: another trainer holds it ("run X is being trained by pid P on host H").
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.file(LOCK_FILE), "a+")
+        for attempt in range(5):  # a reader's brief shared lock (holder()) is no rival trainer
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except ValueError:
+                holder = {}
+            handle.close()
+            raise RunLocked(f"run {self.run_id} is being trained by pid {holder.get('pid', '?')} on host "
+                            f"{holder.get('host', '?')}; wait for it, or cancel it first")
+        beat = self.heartbeat()
+        if beat and beat.get("host") != socket.gethostname() and self.trainer_alive():
+            fcntl.flock(handle, fcntl.LOCK_UN)  # a trainer on another host (its lock is not visible here)
+            handle.close()
+            raise RunLocked(f"run {self.run_id} is being trained by pid {beat.get('pid')} on host "
+                            f"{beat.get('host')}; wait for it, or cancel it first")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(me))
+        handle.flush()
+        stop = threading.Event()
+        beating = threading.Thread(target=self._beat, args=(stop,), name=f"heartbeat-{self.run_id}", daemon=True)
+        self._write_heartbeat()
+        beating.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            beating.join(timeout=5)
+            with contextlib.suppress(OSError):
+                self.file(HEARTBEAT_FILE).unlink()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                self._write_heartbeat()
+
+    def _write_heartbeat(self) -> None:
+        write_json(self.file(HEARTBEAT_FILE), {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
 
     def history(self) -> list[dict[str, Any]]:
         """Epoch rows with numeric fields as floats/ints; [] when missing/corrupt."""
@@ -334,10 +452,11 @@ def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:
 
 
 def delete_run(run: Run) -> None:
-    """Removes a run directory; refuses while its process is still running."""
-    status = run.status()
-    if status.get("state") == "running":
-        raise RuntimeError(f"run {run.run_id} is still running; cancel it first")
+    """Removes a run directory; refuses while a trainer (on any host) works on it."""
+    holder = run.holder()
+    if holder is not None or run.status().get("state") == "running":
+        where = f" by pid {holder.get('pid')} on host {holder.get('host')}" if holder else ""
+        raise RuntimeError(f"run {run.run_id} is still being trained{where}; cancel it first")
     shutil.rmtree(run.path)
 
 

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -58,24 +59,27 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
     Raises:
         tlkit.config.ConfigError: invalid config (no run directory is written).
         RunCancelled: on SIGTERM/Ctrl-C (status `cancelled`, history kept).
+        tlkit.runs.RunLocked: another trainer holds `run` (nothing is written).
         Exception: any other failure, after status.json records it as `failed`.
     """
     config.validate()
     run = run or runs.create_run(config.runs_dir, config.name)
-    run.write_config(config.to_dict())
-    previous = run.status()
-    completed = list(previous.get("completed_stages", [])) if resume else []
-    run.update_status(state="running", pid=os.getpid(), error=None, backend=keras.backend.backend(),
-                      started_at=runs.now(), completed_stages=completed, stage="setup", progress=0.0)
-    with _cancel_on_sigterm(), _precision(config.precision) as precision:
-        try:
-            _execute(config, run, completed, precision, verbose)
-        except (KeyboardInterrupt, RunCancelled):
-            run.update_status(state="cancelled", error="cancelled by the user")
-            raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
-        except BaseException as error:
-            run.update_status(state="failed", error=describe_error(error))
-            raise
+    with run.claim():  # one trainer per run directory (RunLocked otherwise), with a heartbeat
+        run.write_config(config.to_dict())
+        previous = run.status(raw=True)
+        completed = list(previous.get("completed_stages", [])) if resume else []
+        run.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), error=None,
+                          backend=keras.backend.backend(), started_at=runs.now(), completed_stages=completed,
+                          stage="setup", progress=0.0)
+        with _cancel_on_sigterm(), _precision(config.precision) as precision:
+            try:
+                _execute(config, run, completed, precision, verbose)
+            except (KeyboardInterrupt, RunCancelled):
+                run.update_status(state="cancelled", error="cancelled by the user")
+                raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
+            except BaseException as error:
+                run.update_status(state="failed", error=describe_error(error))
+                raise
     return run
 
 

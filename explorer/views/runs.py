@@ -24,7 +24,8 @@ shown = tables.sort_summaries(tables.filter_summaries(summaries, states, text), 
 frame, differing = tables.runs_table(shown)
 
 
-STATE_COLORS = {"completed": "#1a7f37", "failed": "#cf222e", "unknown": "#bf8700", "running": "#0969da"}
+STATE_COLORS = {"completed": "#1a7f37", "failed": "#cf222e", "crashed": "#cf222e", "unknown": "#bf8700",
+                "running": "#0969da"}
 
 
 def highlight(column):

@@ -94,6 +94,19 @@ def test_trainer_without_final_state_is_marked_failed(runs_dir, monkeypatch):
     assert len(run.history()) == 1
 
 
+def test_killed_trainer_is_crashed_and_resume_requeues_it_with_resume(runs_dir, tmp_path):
+    run = queue(runs_dir, "oom")
+    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    worker.work(runs_dir, train_cmd=killed)
+    status = run.status()
+    assert status["state"] == "crashed" and "killed by signal 9" in status["error"]
+    assert "--resume" in status["error"]
+    assert "queued to resume" in launcher.resume_run(run)
+    assert run.status()["state"] == "queued" and run.status()["resume"] is True
+    assert worker.train_command(tmp_path, FAKE, resume=True)[-3:] == ["--existing-run", str(tmp_path), "--resume"]
+    assert "only a crashed, failed or cancelled run" in launcher.resume_run(run)  # queued already
+
+
 def test_sigterm_before_handler_counts_as_cancelled(runs_dir):
     run = queue(runs_dir, "early")
     sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]

@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(config.to_json())
         return EXIT_OK
+    if not args.existing_run:
+        try:
+            runs.ensure_runs_dir(config.runs_dir)  # before the slow Keras import
+        except runs.RunsDirError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USAGE
     holder = runs.Run(args.existing_run).holder() if args.existing_run else None
     if holder is not None:  # before the slow Keras import; fit() holds the lock itself
         print(f"error: run {Path(args.existing_run).name} is being trained by pid {holder.get('pid')} on host "

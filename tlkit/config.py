@@ -580,15 +580,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {str(path)!r}: use a .json or .toml file")
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix == ".json":
-            return json.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {error}") from None
-    raise ConfigError(f"config file {str(path)!r}: use a .json or .toml file")
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold an object of config fields at the top level "
+                          f"(like config.json), not a {type(values).__name__}")
+    return values
 
 
 # ---- presets ----------------------------------------------------------------

@@ -28,6 +28,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
 import pickle
 import sys
@@ -159,7 +160,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = raw[3]
     header_size = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + int(np.prod(shape))
+    expected = header_size + math.prod(shape)  # Python ints: a forged header cannot overflow
     if len(raw) != expected:
         raise DataError(
             f"{str(path)!r} is truncated or corrupt: header says shape {shape} "
@@ -938,7 +939,18 @@ def load_splits(config: DataConfig, seed: int = 42, image_size: int | None = Non
         train, val = train.take(keep), train.take(held_out)
     test = test.take(stratified_subset(test.labels, config.test_limit, seed + 2))
 
+    _check_usable(train, test, config.source)
     shape = [int(size) for size in train.images.shape[1:]]
     identity.update(shape=shape, channels=shape[-1])
     return Splits(train=train.split(), val=val.split(), test=test.split(), class_names=tuple(class_names),
                   identity=identity, skipped=skipped, files=files)
+
+
+def _check_usable(train: _Pool, test: _Pool, source: str) -> None:
+    """Refuses data that would train for nothing: no test images, or a single training class."""
+    if not len(test.labels):
+        raise DataError(f"{source}: the test set holds no images (after --test-limit); add test images")
+    classes = np.unique(train.labels)
+    if len(classes) < 2:
+        raise DataError(f"{source}: the training set holds only class {int(classes[0]) if len(classes) else '-'}; "
+                        "a classifier needs images of at least 2 classes")

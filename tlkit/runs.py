@@ -277,17 +277,21 @@ class Run:
         write_json(self.file(HEARTBEAT_FILE), {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
 
     def history(self) -> list[dict[str, Any]]:
-        """Epoch rows with numeric fields as floats/ints; [] when missing/corrupt."""
+        """Epoch rows with numeric fields as floats/ints; [] when missing; a damaged file yields the
+        rows before the damage (bad bytes, oversized fields and malformed rows never raise)."""
         try:
-            text = self.file(HISTORY_FILE).read_text()
+            text = self.file(HISTORY_FILE).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return []
         rows = []
-        for row in csv.DictReader(io.StringIO(text)):
-            try:
-                rows.append(_parse_history_row(row))
-            except (TypeError, ValueError):
-                continue
+        try:
+            for row in csv.DictReader(io.StringIO(text)):
+                try:
+                    rows.append(_parse_history_row(row))
+                except (TypeError, ValueError, KeyError):
+                    continue
+        except csv.Error:  # e.g. a field over csv's size limit: keep what was readable
+            pass
         return rows
 
     def metrics(self) -> dict | None:
@@ -413,10 +417,32 @@ def load_model(path: str | os.PathLike):
 # ---- the store ----------------------------------------------------------------
 
 
+class RunsDirError(ValueError):
+    """The runs directory cannot hold new runs; the message says why."""
+
+
+def ensure_runs_dir(runs_dir: str | os.PathLike | None) -> Path:
+    """The runs directory, created if needed and checked writable (cheap: call it before heavy imports).
+
+    Raises:
+        RunsDirError: it is a file, cannot be created, or is not writable.
+    """
+    root = resolve_runs_dir(runs_dir)
+    if root.exists() and not root.is_dir():
+        raise RunsDirError(f"runs_dir: {str(root)!r} is a file, not a directory; pass --runs-dir DIR")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunsDirError(f"runs_dir: cannot create {str(root)!r} ({error.strerror or error}); "
+                           "pass a writable --runs-dir") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise RunsDirError(f"runs_dir: {str(root)!r} is not writable; pass a writable --runs-dir")
+    return root
+
+
 def create_run(runs_dir: str | os.PathLike | None, name: str = "", state: str = "running") -> Run:
     """Makes a new, uniquely named run directory with an initial status."""
-    root = resolve_runs_dir(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_runs_dir(runs_dir)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     while True:

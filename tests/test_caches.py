@@ -121,3 +121,32 @@ def test_finite_check_of_a_cache_never_allocates_a_mask_over_the_whole_array():
     assert peak < activations.nbytes / 8, f"the finite check allocated {peak / 2**20:.1f} MiB"
     activations[-1, -1, -1] = np.inf
     assert not all_finite(activations)
+
+
+def test_a_head_stage_cancelled_mid_way_resumes_to_the_uninterrupted_model(synthetic_data_dir, tmp_path,
+                                                                              monkeypatch):
+    import tlkit.training as training
+    from tlkit import runs
+
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
+                          head={"epochs": 4, "learning_rate": 3e-2}, finetune={"epochs": 1})
+    straight = tlkit.fit(config, verbose=0)
+    append = runs.Run.append_history
+
+    def cancel_after_second_head_epoch(self, row):  # as a SIGTERM would, between epochs 2 and 3
+        append(self, row)
+        if row["stage"] == "head" and row["epoch"] == 2:
+            training._cancel_requested.set()
+
+    monkeypatch.setattr(runs.Run, "append_history", cancel_after_second_head_epoch)
+    with pytest.raises(tlkit.training.RunCancelled):
+        tlkit.fit(config, verbose=0)
+    monkeypatch.setattr(runs.Run, "append_history", append)
+    (run,) = [r for r in runs.list_runs(config.runs_dir) if r != straight]
+    assert run.status()["state"] == "cancelled" and run.status()["completed_stages"] == []
+    before = run.history()
+    assert [(r["stage"], r["epoch"]) for r in before] == [("head", 1), ("head", 2)]
+    tlkit.fit(config, run=run, resume=True, verbose=0)
+    assert [(r["stage"], r["epoch"]) for r in run.history()] == [("head", e) for e in (1, 2, 3, 4)] + [("finetune", 1)]
+    assert run.history()[:2] == before  # the finished epochs' rows stay exactly as they were
+    np.testing.assert_allclose(predictions(run), predictions(straight), atol=1e-6)

@@ -67,6 +67,12 @@ class ArrayBatches(keras.utils.PyDataset):
     def on_epoch_begin(self) -> None:
         self._order = self._draw_order()
 
+    def skip_epochs(self, count: int) -> None:
+        """Advances the shuffling past `count` epochs, so that a fit resumed at epoch `count` sees
+        the same batch orders as an uninterrupted one."""
+        for _ in range(count):
+            self._draw_order()
+
     def _draw_order(self) -> np.ndarray:
         if self.shuffle:
             return self._rng.permutation(self.num_samples)

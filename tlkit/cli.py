@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except runs.RunLocked as error:  # another trainer holds the run: its files are left alone
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except ConfigError as error:  # e.g. --resume with flags that change the model: nothing was written
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as error:  # status.json already says failed with the reason
         print(f"\nerror: {describe_error(error)}", file=sys.stderr)
         return EXIT_FAILED

@@ -24,9 +24,12 @@ float(schedule(0)), float(schedule(100)), float(schedule(999))  # 0.0, 0.001, ~0
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -35,6 +38,7 @@ from keras import ops
 from tlkit.batches import ArrayBatches
 from tlkit.config import StageConfig
 from tlkit.model import Classifier
+from tlkit.runs import write_json
 from tlkit.schedules import StageSchedule
 
 
@@ -163,9 +167,90 @@ class StageMonitor(keras.callbacks.Callback):
         self.on_epoch(EpochReport(self.stage, epoch + 1, self.epochs, dict(logs or {}), lr, seconds))
 
 
+class EpochCheckpoint(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, written atomically: after every epoch the fit model's weights and
+    its optimizer state (the step count included, so the LR schedule continues) go to `directory`;
+    a fit started with a checkpoint there restores them and starts at the epoch after it.
+
+    Keras writes the weights file in place; a kill during that write would leave a torn file, so
+    this writes to a temp file and renames it, and the epoch record goes last (atomically too).
+
+    Args:
+        directory: the stage's checkpoint directory.
+    """
+
+    def __init__(self, directory):
+        super().__init__(str(directory), save_freq="epoch", delete_checkpoint=False)
+        self.directory = Path(directory)
+
+    RNG_FILE = "rng_state.npz"
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        path = self.directory / self.RNG_FILE
+        if self.saved_epoch(self.directory) and path.exists():
+            with np.load(path, allow_pickle=False) as saved:
+                states = [saved[f"arr_{index}"] for index in range(len(saved.files) - ("torch" in saved.files))]
+                torch_state = saved["torch"] if "torch" in saved.files else None
+            variables = self._rng_variables()
+            if [tuple(state.shape) for state in states] == [tuple(v.shape) for v in variables]:
+                for variable, state in zip(variables, states):
+                    variable.assign(state)
+            if torch_state is not None:
+                _set_torch_rng_state(torch_state)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:  # cut short (cancel, NaN) or ended: the last whole epoch stays saved
+            return
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temp = self.directory / ".latest.tmp.weights.h5"
+        self.model.save_weights(str(temp), overwrite=True)
+        os.replace(temp, self._weights_path)
+        # Dropout and augmentation draw from seed-generator states that save_weights leaves out;
+        # restoring them makes a resumed epoch draw what the uninterrupted one would have.
+        states = [ops.convert_to_numpy(variable) for variable in self._rng_variables()]
+        temp = self.directory / ".rng_state.tmp.npz"
+        torch_state = _torch_rng_state()
+        np.savez(temp, *states, **({"torch": torch_state} if torch_state is not None else {}))
+        os.replace(temp, self.directory / self.RNG_FILE)
+        write_json(Path(self._training_metadata_path), {"epoch": self._current_epoch, "batch": 0})  # commit
+
+    def _rng_variables(self) -> list:
+        saved = {id(variable) for variable in self.model.weights}
+        return [variable for variable in self.model.variables if id(variable) not in saved]
+
+    @staticmethod
+    def saved_epoch(directory) -> int:
+        """Epochs finished according to the checkpoint in `directory` (0 when there is none)."""
+        try:
+            return int(json.loads((Path(directory) / "training_metadata.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+
+# Backend-specific helpers: under torch, Keras' Dropout without an explicit seed draws from torch's
+# global generator (its fast path), whose state a checkpoint must carry as well.
+def _torch_rng_state() -> np.ndarray | None:
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_rng_state().numpy()
+
+
+def _set_torch_rng_state(state: np.ndarray) -> None:
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(torch.from_numpy(np.asarray(state, dtype=np.uint8)))
+
+
 def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage: str, batch_size: int,
               label_smoothing: float = 0.0, monitor: StageMonitor | None = None, verbose: int | str = "auto",
-              seed: int | None = None) -> dict:
+              seed: int | None = None, checkpoint_dir: str | Path | None = None) -> dict:
     """Compiles `model` for one stage and fits it; returns a summary.
 
     The caller has frozen or unfrozen the backbone (`prepare_stage`) and chosen
@@ -185,6 +270,8 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
         verbose: Keras progress-bar verbosity.
         seed: reseeds all random generators right before fitting, so the batch order is the
             same with and without caches (cache extraction consumes torch's global RNG).
+        checkpoint_dir: keep an `EpochCheckpoint` there; a checkpoint already there (an
+            interrupted run) is restored and the stage goes on after its last finished epoch.
 
     Raises:
         TrainingError: when the loss becomes NaN/inf.
@@ -199,6 +286,11 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
                                                        restore_best_weights=True))
     train_batches = ArrayBatches(train[0], _targets(train[1], label_smoothing, num_classes), batch_size,
                                  shuffle=True, seed=seed)
+    resumed_at = 0
+    if checkpoint_dir is not None:
+        resumed_at = EpochCheckpoint.saved_epoch(checkpoint_dir)
+        train_batches.skip_epochs(resumed_at)  # the interrupted fit's batch orders, epoch by epoch
+        callbacks.append(EpochCheckpoint(checkpoint_dir))
     validation = None
     if val is not None and len(val[1]):
         validation = ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size)
@@ -216,8 +308,8 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
             f"rate (--{stage}-lr {config.learning_rate:g} now) or use --precision float32"
         )
     epochs_run = len(history.history.get("loss", []))
-    return {"stage": stage, "epochs": epochs_run, "seconds": seconds,
-            "images_per_second": epochs_run * len(train[1]) / seconds if seconds else None}
+    return {"stage": stage, "epochs": resumed_at + epochs_run, "resumed_at_epoch": resumed_at, "seconds": seconds,
+            "images_per_second": epochs_run * len(train[1]) / seconds if seconds and epochs_run else None}
 
 
 def _targets(labels: np.ndarray, label_smoothing: float, num_classes: int) -> np.ndarray:

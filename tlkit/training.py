@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -31,11 +32,19 @@ import numpy as np
 
 from tlkit import environment, runs
 from tlkit.caches import RunCaches
-from tlkit.config import STAGES, Config
+from tlkit.config import STAGES, Config, ConfigError, flatten_dict
 from tlkit.data import Splits, load_splits
 from tlkit.evaluate import classification_report, misclassified
 from tlkit.model import Classifier, build_classifier
-from tlkit.stages import EpochReport, RunCancelled, StageMonitor, prepare_stage, run_stage
+from tlkit.stages import (
+    EpochCheckpoint,
+    EpochReport,
+    RunCancelled,
+    StageMonitor,
+    TrainingError,
+    prepare_stage,
+    run_stage,
+)
 
 __all__ = ["RunCancelled", "describe_error", "fit", "save_model"]
 
@@ -65,6 +74,8 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
     config.validate()
     run = run or runs.create_run(config.runs_dir, config.name)
     with run.claim():  # one trainer per run directory (RunLocked otherwise), with a heartbeat
+        if resume:
+            check_resumable(run.config(), config)
         run.write_config(config.to_dict())
         previous = run.status(raw=True)
         completed = list(previous.get("completed_stages", [])) if resume else []
@@ -73,7 +84,7 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
                           stage="setup", progress=0.0)
         with _cancel_on_sigterm(), _precision(config.precision) as precision:
             try:
-                _execute(config, run, completed, precision, verbose)
+                _execute(config, run, completed, precision, verbose, resume)
             except (KeyboardInterrupt, RunCancelled):
                 run.update_status(state="cancelled", error="cancelled by the user")
                 raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
@@ -81,6 +92,24 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
                 run.update_status(state="failed", error=describe_error(error))
                 raise
     return run
+
+
+# What may differ when a run is resumed: where things go, the evaluation, and stage lengths (a
+# changed length re-plans that stage's LR schedule from the restored step). Anything else would
+# continue a different model or data than the checkpoints hold.
+RESUMABLE_CHANGES = ("name", "preset", "runs_dir", "cache_dir", "tta_flip", "head.epochs", "finetune.epochs")
+
+
+def check_resumable(stored: dict | None, config: Config) -> None:
+    """Raises ConfigError when `config` would change the model or data of the run being resumed."""
+    if stored is None:
+        raise ConfigError("--resume: the run has no readable config.json; start a new run")
+    before, after = flatten_dict(Config.from_dict(stored).to_dict()), flatten_dict(config.to_dict())
+    changed = [f"{key} {before[key]!r} → {after[key]!r}" for key in after
+               if key not in RESUMABLE_CHANGES and before.get(key) != after[key]]
+    if changed:
+        raise ConfigError(f"--resume would continue a different model or data than this run started with "
+                          f"({'; '.join(changed)}); drop those flags, or start a new run")
 
 
 def describe_error(error: BaseException) -> str:
@@ -91,21 +120,22 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose) -> None:
+def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose, resume: bool) -> None:
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     run.update_status(stage="data")
     splits = load_splits(config.data, config.seed, image_size=config.model.image_size)
     run.write_data_info(_data_info(config, splits))
     run.update_status(stage="model", data_sizes=splits.sizes())
+    # Built the same way on resume too (same seed, known weights, so the disk caches still apply);
+    # a resumed run then takes the weights of its finished stages and its last epoch checkpoint.
+    classifier = build_classifier(config.model, config.augment, config.seed,
+                                  num_classes=len(splits.class_names), input_shape=splits.input_shape)
     if completed and run.model_path.exists():
-        classifier = Classifier.from_model(run.load_model())
-        run.write_history([row for row in run.history() if row["stage"] in completed])
+        _restore_finished_stages(classifier, run)
     else:
         completed.clear()
-        run.write_history([])
-        classifier = build_classifier(config.model, config.augment, config.seed,
-                                      num_classes=len(splits.class_names), input_shape=splits.input_shape)
+    _keep_finished_epochs(config, run, completed, resume)
     caches = RunCaches(config, classifier, splits, precision, skip_stages=tuple(completed))
 
     total_epochs = sum(getattr(config, stage).epochs for stage in STAGES)
@@ -122,7 +152,8 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         data = caches.stage_data(stage, trainable_layers, functools.partial(monitor.activity, verbose=verbose))
         summary = run_stage(data.model, stage_config, data.train, data.val, stage=stage,
                             batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
-                            monitor=monitor, verbose=verbose, seed=config.seed + index)
+                            monitor=monitor, verbose=verbose, seed=config.seed + index,
+                            checkpoint_dir=_checkpoint_dir(run, stage))
         summaries[stage] = {**summary, "trainable_backbone_layers": trainable_layers,
                             "trainable_params": _count(classifier.model.trainable_weights)}
         if _cancel_requested.is_set():
@@ -130,6 +161,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         save_model(classifier.model, run)
         completed.append(stage)
         run.update_status(completed_stages=list(completed))
+        shutil.rmtree(_checkpoint_dir(run, stage), ignore_errors=True)  # the stage is in model.keras now
 
     run.update_status(stage="evaluate", progress=0.98)
     # Cached test features are valid while the backbone is as cached: only the head has trained.
@@ -151,6 +183,32 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     run.write_metrics(metrics)
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],
                       finished_at=runs.now())
+
+
+def _checkpoint_dir(run: runs.Run, stage: str):
+    return run.file("checkpoints") / stage
+
+
+def _restore_finished_stages(classifier: Classifier, run: runs.Run) -> None:
+    """The weights of the finished stages (model.keras) into the freshly built classifier."""
+    saved = run.load_model().get_weights()
+    if [w.shape for w in saved] != [tuple(w.shape) for w in classifier.model.weights]:
+        raise TrainingError(f"{run.model_path} does not match the model its config.json builds; "
+                            "start a new run instead of resuming this one")
+    classifier.model.set_weights(saved)
+
+
+def _keep_finished_epochs(config: Config, run: runs.Run, completed: list[str], resume: bool) -> None:
+    """history.csv keeps the finished stages and the epochs the next stage's checkpoint holds; other
+    checkpoints are dropped (a fresh start, or stages the checkpoint cannot belong to)."""
+    pending = [stage for stage in STAGES if stage not in completed and getattr(config, stage).epochs]
+    resumed = pending[0] if resume and pending else None
+    saved = EpochCheckpoint.saved_epoch(_checkpoint_dir(run, resumed)) if resumed else 0
+    for stage in STAGES:
+        if stage != resumed or not saved:
+            shutil.rmtree(_checkpoint_dir(run, stage), ignore_errors=True)
+    run.write_history([row for row in run.history()
+                       if row["stage"] in completed or (row["stage"] == resumed and row["epoch"] <= saved)])
 
 
 def _count(weights) -> int:

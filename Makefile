@@ -30,7 +30,7 @@ demo: setup
 		--name demo
 
 explorer: setup
-	$(BIN)/streamlit run explorer
+	$(BIN)/streamlit run explorer --server.address 127.0.0.1
 
 browser:
 	scripts/install-browser.sh

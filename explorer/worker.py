@@ -135,6 +135,20 @@ def train_command(run_dir: Path, train_cmd: str | list[str] | None = None, resum
     return [*base, "--existing-run", str(run_dir), *(["--resume"] if resume else [])]
 
 
+def open_log(path: Path):
+    """Opens a run's train.log for appending without following a symbolic link (one planted in the
+    run directory would make the trainer's output overwrite its target): the link is replaced."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        if not path.is_symlink():
+            raise
+        path.unlink()
+        fd = os.open(path, flags, 0o644)
+    return os.fdopen(fd, "ab")
+
+
 def child_env(backend: str | None) -> dict[str, str]:
     """The parent's env with the run's Keras backend (tlkit and explorer are installed: `pip install -e`)."""
     env = dict(os.environ)
@@ -159,7 +173,7 @@ def claim_next(runs_dir: Path, train_cmd=None) -> tuple[runs.Run, subprocess.Pop
                 run.update_status(state="failed", error="config.json is missing or unreadable",
                                   finished_at=runs.now())
                 continue
-            with open(run.file(runs.LOG_FILE), "ab") as log:
+            with open_log(run.file(runs.LOG_FILE)) as log:
                 process = subprocess.Popen(
                     train_command(run.path.resolve(), train_cmd, resume=bool(status.get("resume"))),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

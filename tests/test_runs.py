@@ -84,3 +84,29 @@ def test_delete_refuses_running_runs(tmp_path, monkeypatch):
     run.update_status(state="completed")
     runs.delete_run(run)
     assert runs.list_runs() == []
+
+
+def test_run_files_never_follow_a_link_out_of_the_run_directory(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2\n")
+    run = runs.create_run(tmp_path / "runs")
+    for name in (runs.LOG_FILE, runs.METRICS_FILE, runs.HISTORY_FILE):
+        run.file(name).symlink_to(secret)
+    assert run.log_tail() == "" and run.metrics() is None and run.history() == []
+    inside = run.file("notes.json")
+    inside.write_text('{"a": 1}')
+    run.file(runs.DATA_FILE).symlink_to(inside)  # a link that stays inside is fine
+    assert run.data_info() == {"a": 1}
+
+
+def test_the_worker_never_appends_through_a_planted_log_link(tmp_path):
+    from explorer.worker import open_log
+
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me\n")
+    log = tmp_path / "train.log"
+    log.symlink_to(target)
+    with open_log(log) as handle:
+        handle.write(b"trainer output\n")
+    assert target.read_text() == "keep me\n" and not log.is_symlink()
+    assert log.read_text() == "trainer output\n"

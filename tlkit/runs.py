@@ -16,6 +16,9 @@ A run lives in `<runs_dir>/<run_id>/` and holds:
 - `misclassified.npz`: `index`, `true`, `predicted`, `confidence` and the `images` of the
   misclassified test images (N, H, W) for grayscale, (N, H, W, 3) for colour.
 - `train.log`: the CLI's output when launched by the explorer.
+- `checkpoints/<stage>/`: while a stage trains, its last whole epoch (weights, optimizer state,
+  random-generator states); removed when the stage is saved in `model.keras`.
+- `.trainer.lock`, `.heartbeat.json`: held and refreshed by the one trainer of the run (`Run.claim`).
 
 Every write goes to a temp file first and is renamed into place, so a reader
 never sees half a file. Readers are tolerant: a missing or corrupt file reads
@@ -153,11 +156,25 @@ class Run:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def _inside(self, name: str) -> Path:
+        """The run file `name` for reading; a symbolic link out of the run directory reads as missing
+        (a run directory must never show another file's content)."""
+        path = self.file(name)
+        if path.is_symlink() and not path.resolve().is_relative_to(self.path.resolve()):
+            raise FileNotFoundError(f"{path} links out of its run directory; not followed")
+        return path
+
+    def _json(self, name: str) -> dict | None:
+        try:
+            return _read_json(self._inside(name))
+        except OSError:
+            return None
+
     # ---- readers (never raise on missing/corrupt files) ----
 
     def config(self) -> dict | None:
         """The resolved config as a nested dict (see `tlkit.config.Config.from_dict`)."""
-        return _read_json(self.file(CONFIG_FILE))
+        return self._json(CONFIG_FILE)
 
     def status(self, raw: bool = False) -> dict:
         """The status dict; `{"state": "unknown", "error": ...}` when unreadable.
@@ -168,7 +185,7 @@ class Run:
         Args:
             raw: return the file as written.
         """
-        status = _read_json(self.file(STATUS_FILE))
+        status = self._json(STATUS_FILE)
         if status is None:
             return {"state": "unknown", "error": f"{STATUS_FILE} is missing or unreadable"}
         if not raw and status.get("state") == "running" and not self.trainer_alive(status):
@@ -177,7 +194,7 @@ class Run:
 
     def heartbeat(self) -> dict | None:
         """The trainer's last heartbeat: `pid`, `host`, `at` (seconds since the epoch)."""
-        return _read_json(self.file(HEARTBEAT_FILE))
+        return self._json(HEARTBEAT_FILE)
 
     def trainer_alive(self, status: dict | None = None) -> bool:
         """Whether a trainer is working on this run, on this host or another.
@@ -192,7 +209,7 @@ class Run:
             if beat.get("host") == socket.gethostname():
                 return fresh and _pid_alive(beat.get("pid"))
             return fresh
-        status = status if status is not None else (_read_json(self.file(STATUS_FILE)) or {})
+        status = status if status is not None else (self._json(STATUS_FILE) or {})
         if status.get("host") not in (None, socket.gethostname()):
             return True  # another host, no heartbeat yet: not ours to call dead
         return _pid_alive(status.get("pid"))
@@ -280,7 +297,7 @@ class Run:
         """Epoch rows with numeric fields as floats/ints; [] when missing; a damaged file yields the
         rows before the damage (bad bytes, oversized fields and malformed rows never raise)."""
         try:
-            text = self.file(HISTORY_FILE).read_text(encoding="utf-8", errors="replace")
+            text = self._inside(HISTORY_FILE).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return []
         rows = []
@@ -295,11 +312,11 @@ class Run:
         return rows
 
     def metrics(self) -> dict | None:
-        return _read_json(self.file(METRICS_FILE))
+        return self._json(METRICS_FILE)
 
     def data_info(self) -> dict | None:
         """`data.json`: source, class names, input shape, sizes."""
-        return _read_json(self.file(DATA_FILE))
+        return self._json(DATA_FILE)
 
     def class_names(self) -> list[str] | None:
         """The class names of the run's data (data.json, else metrics.json), None if unknown."""
@@ -311,14 +328,14 @@ class Run:
     def misclassified(self) -> dict[str, np.ndarray] | None:
         """Arrays `index`, `true`, `predicted`, `confidence`, `images`; None if absent."""
         try:
-            with np.load(self.file(MISCLASSIFIED_FILE)) as data:
+            with np.load(self._inside(MISCLASSIFIED_FILE)) as data:
                 return {key: data[key] for key in data.files}
         except (OSError, ValueError, KeyError):
             return None
 
     def log_tail(self, max_chars: int = 4000) -> str:
         try:
-            text = self.file(LOG_FILE).read_text(errors="replace")
+            text = self._inside(LOG_FILE).read_text(errors="replace")
         except OSError:
             return ""
         return text[-max_chars:]
@@ -338,7 +355,7 @@ class Run:
 
     def update_status(self, **fields) -> dict:
         """Merges `fields` into status.json (atomically) and returns the new status."""
-        status = _read_json(self.file(STATUS_FILE)) or {}
+        status = self._json(STATUS_FILE) or {}
         status.update(fields)
         status["updated_at"] = now()
         write_json(self.file(STATUS_FILE), status)

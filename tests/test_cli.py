@@ -128,22 +128,61 @@ def test_missing_data_fails_with_guidance(tmp_path):
     assert "train-images-idx3-ubyte(.gz) not found" in only_run(runs_dir).status()["error"]
 
 
+RELOAD_SCRIPT = """
+import sys
+import numpy as np
+import tlkit
+from tlkit.data import load_splits
+
+run = tlkit.runs.Run(sys.argv[1])
+config = tlkit.Config.from_dict(run.config())
+model = run.load_model()                       # a fresh process: nothing of tlkit imported but the package
+splits = load_splits(config.data, config.seed)
+predicted = model.predict(splits.test.images, verbose=0).argmax(axis=1)
+print("ACCURACY", float(np.mean(predicted == splits.test.labels)))
+"""
+
+
+def trainer_args(runs_dir, synthetic_data_dir, *extra):
+    return [*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", runs_dir, "--cache-dir",
+            runs_dir.parent / "cache", "--head-epochs", "1", "--finetune-epochs", "300", *extra]
+
+
+def start_trainer(runs_dir, synthetic_data_dir, *extra, min_finetune_rows=1):
+    args = map(str, trainer_args(runs_dir, synthetic_data_dir, *extra))
+    process = subprocess.Popen([sys.executable, "-m", "tlkit.train", *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: runs.list_runs(runs_dir)
+                      and sum(r["stage"] == "finetune" for r in only_run(runs_dir).history()) >= min_finetune_rows)
+    return process, only_run(runs_dir)
+
+
 def checkpoint_epoch(run, stage="finetune"):
     path = run.path / "checkpoints" / stage / "training_metadata.json"
     return json.loads(path.read_text())["epoch"] if path.exists() else 0
 
 
-def test_sigterm_cancels_cleanly_and_resume_redoes_no_finished_epoch(synthetic_data_dir, tmp_path):
+def test_one_trainer_sigterm_keeps_every_finished_epoch_and_the_model_reloads_anywhere(synthetic_data_dir, tmp_path):
+    # With augmentation the full model is compiled, so model.keras names tlkit's LR schedule.
     runs_dir = tmp_path / "runs"
-    process, run = start_trainer(runs_dir, synthetic_data_dir, "--head-epochs", "2", min_finetune_rows=2)
+    process, run = start_trainer(runs_dir, synthetic_data_dir, "--head-epochs", "2", "--aug-flip",
+                                 min_finetune_rows=2)
     try:
+        # A second trainer on the busy run is refused at once and changes nothing.
+        second = run_cli("--existing-run", run.path, "--resume", timeout=120)
+        assert second.returncode == 1 and f"is being trained by pid {process.pid} on host" in second.stderr
+        status = run.status()
+        assert status["state"] == "running" and status["pid"] == process.pid and status["error"] is None
+        with pytest.raises(RuntimeError, match=f"being trained by pid {process.pid}"):
+            runs.delete_run(run)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 130
     finally:
         process.kill()
     status = run.status()
-    assert status["state"] == "cancelled" and status["completed_stages"] == ["head"]
+    assert status["state"] == "cancelled" and status["completed_stages"] == ["head"] and run.holder() is None
     before = run.history()
+    assert len({(r["stage"], r["epoch"]) for r in before}) == len(before)  # no interleaved duplicates
     saved = checkpoint_epoch(run)
     finetune_rows = sum(row["stage"] == "finetune" for row in before)
     assert saved >= finetune_rows - 1 and saved >= 1  # at most the interrupted epoch is lost
@@ -156,6 +195,11 @@ def test_sigterm_cancels_cleanly_and_resume_redoes_no_finished_epoch(synthetic_d
         [("head", 1), ("head", 2)] + [("finetune", epoch) for epoch in range(1, saved + 3)])
     assert after[:2 + saved] == before[:2 + saved]  # the finished epochs' rows, exactly as they were
     assert run.status()["state"] == "completed" and not (run.path / "checkpoints" / "finetune").exists()
+
+    reload = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run.path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert reload.returncode == 0, reload.stderr[-2000:]
+    assert float(reload.stdout.split("ACCURACY")[-1]) == pytest.approx(run.metrics()["test_accuracy"], abs=1e-9)
 
 
 def test_resume_refuses_flags_that_change_the_model(synthetic_data_dir, tmp_path):
@@ -249,49 +293,6 @@ def test_resume_without_an_existing_run_is_refused(capsys):
     assert "--resume needs --existing-run DIR" in capsys.readouterr().err
 
 
-RELOAD_SCRIPT = """
-import sys
-import numpy as np
-import tlkit
-from tlkit.data import load_splits
-
-run = tlkit.runs.Run(sys.argv[1])
-config = tlkit.Config.from_dict(run.config())
-model = run.load_model()                       # a fresh process: nothing of tlkit imported but the package
-splits = load_splits(config.data, config.seed)
-predicted = model.predict(splits.test.images, verbose=0).argmax(axis=1)
-print("ACCURACY", float(np.mean(predicted == splits.test.labels)))
-"""
-
-
-def test_a_compiled_model_reloads_in_a_fresh_process(synthetic_data_dir, tmp_path):
-    # With augmentation the full model is compiled, so model.keras names tlkit's LR schedule.
-    runs_dir = tmp_path / "runs"
-    result = run_cli(*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", runs_dir, "--aug-flip",
-                     "--head-epochs", "1", "--finetune-epochs", "1")
-    assert result.returncode == 0, result.stderr
-    run = only_run(runs_dir)
-    reload = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run.path)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
-    assert reload.returncode == 0, reload.stderr[-2000:]
-    accuracy = float(reload.stdout.split("ACCURACY")[-1])
-    assert accuracy == pytest.approx(run.metrics()["test_accuracy"], abs=1e-9)
-
-
-def trainer_args(runs_dir, synthetic_data_dir, *extra):
-    return [*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", runs_dir, "--cache-dir",
-            runs_dir.parent / "cache", "--head-epochs", "1", "--finetune-epochs", "300", *extra]
-
-
-def start_trainer(runs_dir, synthetic_data_dir, *extra, min_finetune_rows=1):
-    args = map(str, trainer_args(runs_dir, synthetic_data_dir, *extra))
-    process = subprocess.Popen([sys.executable, "-m", "tlkit.train", *args], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert wait_until(lambda: runs.list_runs(runs_dir)
-                      and sum(r["stage"] == "finetune" for r in only_run(runs_dir).history()) >= min_finetune_rows)
-    return process, only_run(runs_dir)
-
-
 def test_kill_9_reads_as_crashed_and_resumes_to_the_uninterrupted_model(synthetic_data_dir, tmp_path):
     process, run = start_trainer(tmp_path / "runs", synthetic_data_dir, min_finetune_rows=2)
     try:
@@ -326,20 +327,3 @@ def test_kill_9_reads_as_crashed_and_resumes_to_the_uninterrupted_model(syntheti
     assert abs(run.metrics()["test_accuracy"] - reference.metrics()["test_accuracy"]) <= 0.02
 
 
-def test_a_second_trainer_on_a_busy_run_is_refused_and_changes_nothing(synthetic_data_dir, tmp_path):
-    process, run = start_trainer(tmp_path / "runs", synthetic_data_dir)
-    try:
-        result = run_cli("--existing-run", run.path, "--resume", timeout=120)
-        assert result.returncode == 1
-        assert f"is being trained by pid {process.pid} on host" in result.stderr
-        status = run.status()
-        assert status["state"] == "running" and status["pid"] == process.pid and status["error"] is None
-        rows = run.history()
-        assert len({(r["stage"], r["epoch"]) for r in rows}) == len(rows)  # no interleaved duplicates
-        with pytest.raises(RuntimeError, match=f"being trained by pid {process.pid}"):
-            runs.delete_run(run)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 130
-    finally:
-        process.kill()
-    assert run.status()["state"] == "cancelled" and run.holder() is None

@@ -276,8 +276,7 @@ def _for_gallery(images: np.ndarray) -> np.ndarray:
 def _data_info(config: Config, splits: Splits) -> dict:
     return {"source": config.data.source, "class_names": list(splits.class_names),
             "input_shape": list(splits.input_shape), "sizes": splits.sizes(),
-            "identity": getattr(splits, "identity", None),
-            "skipped": [list(item) for item in getattr(splits, "skipped", [])][:100]}
+            "identity": splits.identity, "skipped": [list(item) for item in splits.skipped[:100]]}
 
 
 def save_model(model: keras.Model, run: runs.Run) -> None:

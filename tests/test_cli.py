@@ -17,7 +17,7 @@ from tlkit.cli import build_parser, main
 from tlkit.data import load_splits
 from tlkit.evaluate import confusion_matrix
 from tlkit.model import build_classifier
-from tlkit.stages import RunCancelled
+from tlkit.stages import EpochCheckpoint, RunCancelled
 
 from .helpers import REPO, run_cli, smoke_config, wait_until
 
@@ -158,8 +158,7 @@ def start_trainer(runs_dir, synthetic_data_dir, *extra, min_finetune_rows=1):
 
 
 def checkpoint_epoch(run, stage="finetune"):
-    path = run.path / "checkpoints" / stage / "training_metadata.json"
-    return json.loads(path.read_text())["epoch"] if path.exists() else 0
+    return EpochCheckpoint.saved_epoch(run.path / "checkpoints" / stage)
 
 
 def test_one_trainer_sigterm_keeps_every_finished_epoch_and_the_model_reloads_anywhere(synthetic_data_dir, tmp_path):

@@ -24,9 +24,9 @@ float(schedule(0)), float(schedule(100)), float(schedule(999))  # 0.0, 0.001, ~0
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +38,7 @@ from keras import ops
 from tlkit.batches import ArrayBatches
 from tlkit.config import StageConfig
 from tlkit.model import Classifier
-from tlkit.runs import write_json
+from tlkit.runs import fsync_path
 from tlkit.schedules import StageSchedule
 
 
@@ -167,68 +167,88 @@ class StageMonitor(keras.callbacks.Callback):
         self.on_epoch(EpochReport(self.stage, epoch + 1, self.epochs, dict(logs or {}), lr, seconds))
 
 
-class EpochCheckpoint(keras.callbacks.BackupAndRestore):
-    """Keras' `BackupAndRestore`, written atomically: after every epoch the fit model's weights and
-    its optimizer state (the step count included, so the LR schedule continues) go to `directory`;
-    a fit started with a checkpoint there restores them and starts at the epoch after it.
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every whole epoch, saves what a resumed fit needs to go on exactly where this one
+    stopped: the fit model's weights with its optimizer state (the step count included, so the LR
+    schedule continues) and the random-generator states that dropout and augmentation draw from.
 
-    Keras writes the weights file in place; a kill during that write would leave a torn file, so
-    this writes to a temp file and renames it, and the epoch record goes last (atomically too).
+    Each epoch is written to a temp directory that is renamed to `epoch-NNNN` as a whole, so a kill
+    at any moment leaves the previous epoch or this one, never the weights of one with the
+    generator states of another. A fit started on a directory holding a checkpoint restores it;
+    pass `initial_epoch=EpochCheckpoint.saved_epoch(directory)` to `fit` to skip the finished epochs.
 
     Args:
         directory: the stage's checkpoint directory.
     """
 
-    def __init__(self, directory):
-        super().__init__(str(directory), save_freq="epoch", delete_checkpoint=False)
-        self.directory = Path(directory)
-
+    WEIGHTS_FILE = "model.weights.h5"
     RNG_FILE = "rng_state.npz"
 
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = Path(directory)
+
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        path = self.directory / self.RNG_FILE
-        if self.saved_epoch(self.directory) and path.exists():
-            with np.load(path, allow_pickle=False) as saved:
-                states = [saved[f"arr_{index}"] for index in range(len(saved.files) - ("torch" in saved.files))]
-                torch_state = saved["torch"] if "torch" in saved.files else None
-            variables = self._rng_variables()
-            if [tuple(state.shape) for state in states] == [tuple(v.shape) for v in variables]:
-                for variable, state in zip(variables, states):
-                    variable.assign(state)
-            if torch_state is not None:
-                _set_torch_rng_state(torch_state)
+        latest = self.latest(self.directory)
+        if latest is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(latest / self.WEIGHTS_FILE))
+        with np.load(latest / self.RNG_FILE, allow_pickle=False) as saved:
+            states = [saved[f"arr_{index}"] for index in range(len(saved.files) - ("torch" in saved.files))]
+            torch_state = saved["torch"] if "torch" in saved.files else None
+        variables = self._rng_variables()
+        if [tuple(state.shape) for state in states] == [tuple(v.shape) for v in variables]:
+            for variable, state in zip(variables, states):
+                variable.assign(state)
+        if torch_state is not None:
+            _set_torch_rng_state(torch_state)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.model.stop_training:  # cut short (cancel, NaN) or ended: the last whole epoch stays saved
             return
-        super().on_epoch_end(epoch, logs)
+        self._save(epochs_done=epoch + 1)
 
-    def _save_model(self):
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temp = self.directory / ".latest.tmp.weights.h5"
-        self.model.save_weights(str(temp), overwrite=True)
-        os.replace(temp, self._weights_path)
-        # Dropout and augmentation draw from seed-generator states that save_weights leaves out;
-        # restoring them makes a resumed epoch draw what the uninterrupted one would have.
-        states = [ops.convert_to_numpy(variable) for variable in self._rng_variables()]
-        temp = self.directory / ".rng_state.tmp.npz"
-        torch_state = _torch_rng_state()
-        np.savez(temp, *states, **({"torch": torch_state} if torch_state is not None else {}))
-        os.replace(temp, self.directory / self.RNG_FILE)
-        write_json(Path(self._training_metadata_path), {"epoch": self._current_epoch, "batch": 0})  # commit
+    def _save(self, epochs_done: int) -> None:
+        final = self.directory / f"epoch-{epochs_done:04d}"
+        temp = self.directory / f".{final.name}.tmp"
+        shutil.rmtree(temp, ignore_errors=True)  # a kill during an earlier write of this epoch
+        temp.mkdir(parents=True)
+        try:
+            self.model.save_weights(str(temp / self.WEIGHTS_FILE), overwrite=True)
+            # save_weights leaves the seed-generator states out; restoring them makes a resumed
+            # epoch draw what the uninterrupted one would have.
+            states = [ops.convert_to_numpy(variable) for variable in self._rng_variables()]
+            torch_state = _torch_rng_state()
+            np.savez(temp / self.RNG_FILE, *states, **({"torch": torch_state} if torch_state is not None else {}))
+            for path in temp.iterdir():
+                fsync_path(path)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(temp, final)  # the commit
+            fsync_path(self.directory)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        for older in self.directory.glob("epoch-*"):
+            if older != final:
+                shutil.rmtree(older, ignore_errors=True)
 
     def _rng_variables(self) -> list:
         saved = {id(variable) for variable in self.model.weights}
         return [variable for variable in self.model.variables if id(variable) not in saved]
 
-    @staticmethod
-    def saved_epoch(directory) -> int:
+    @classmethod
+    def latest(cls, directory) -> Path | None:
+        """The newest whole checkpoint in `directory`, or None."""
+        saved = sorted(Path(directory).glob("epoch-[0-9][0-9][0-9][0-9]"))
+        return saved[-1] if saved else None
+
+    @classmethod
+    def saved_epoch(cls, directory) -> int:
         """Epochs finished according to the checkpoint in `directory` (0 when there is none)."""
-        try:
-            return int(json.loads((Path(directory) / "training_metadata.json").read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+        latest = cls.latest(directory)
+        return int(latest.name.split("-")[1]) if latest else 0
 
 
 # Backend-specific helpers: under torch, Keras' Dropout without an explicit seed draws from torch's
@@ -299,7 +319,7 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
     start = time.perf_counter()
     # The batches shuffle themselves (seeded); Keras' shuffle would only reorder whole batches.
     history = model.fit(train_batches, epochs=config.epochs, validation_data=validation,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
+                        callbacks=callbacks, verbose=verbose, shuffle=False, initial_epoch=resumed_at)
     seconds = time.perf_counter() - start
     if monitor.non_finite_at:
         epoch, batch = monitor.non_finite_at

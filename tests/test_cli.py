@@ -17,19 +17,20 @@ from tlkit.cli import build_parser, main
 from tlkit.data import load_splits
 from tlkit.evaluate import confusion_matrix
 from tlkit.model import build_classifier
-from tlkit.stages import EpochCheckpoint, RunCancelled
+from tlkit.stages import RunCancelled
 
-from .helpers import REPO, run_cli, smoke_config, wait_until
+from .helpers import (
+    SMOKE,
+    checkpoint_epoch,
+    only_run,
+    run_cli,
+    smoke_config,
+    start_trainer,
+)
 
 FASHION = {"num_classes": 10, "input_shape": (28, 28, 1)}
 # Largest difference of test probabilities, resumed vs uninterrupted run (docs/reliability.md).
 RESUME_TOLERANCE = 1e-6  # measured: 0 on tensorflow, jax and torch
-SMOKE = ["--preset", "smoke", "--train-limit", "none", "--test-limit", "none", "--batch-size", "32"]
-
-
-def only_run(runs_dir):
-    (run,) = runs.list_runs(runs_dir)
-    return run
 
 
 def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
@@ -141,24 +142,6 @@ splits = load_splits(config.data, config.seed)
 predicted = model.predict(splits.test.images, verbose=0).argmax(axis=1)
 print("ACCURACY", float(np.mean(predicted == splits.test.labels)))
 """
-
-
-def trainer_args(runs_dir, synthetic_data_dir, *extra):
-    return [*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", runs_dir, "--cache-dir",
-            runs_dir.parent / "cache", "--head-epochs", "1", "--finetune-epochs", "300", *extra]
-
-
-def start_trainer(runs_dir, synthetic_data_dir, *extra, min_finetune_rows=1):
-    args = map(str, trainer_args(runs_dir, synthetic_data_dir, *extra))
-    process = subprocess.Popen([sys.executable, "-m", "tlkit.train", *args], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert wait_until(lambda: runs.list_runs(runs_dir)
-                      and sum(r["stage"] == "finetune" for r in only_run(runs_dir).history()) >= min_finetune_rows)
-    return process, only_run(runs_dir)
-
-
-def checkpoint_epoch(run, stage="finetune"):
-    return EpochCheckpoint.saved_epoch(run.path / "checkpoints" / stage)
 
 
 def test_one_trainer_sigterm_keeps_every_finished_epoch_and_the_model_reloads_anywhere(synthetic_data_dir, tmp_path):
@@ -290,39 +273,3 @@ def test_a_preset_with_an_existing_run_is_refused(tmp_path, capsys, extra, messa
 def test_resume_without_an_existing_run_is_refused(capsys):
     assert main(["--preset", "smoke", "--resume", "--dry-run"]) == 2
     assert "--resume needs --existing-run DIR" in capsys.readouterr().err
-
-
-def test_kill_9_reads_as_crashed_and_resumes_to_the_uninterrupted_model(synthetic_data_dir, tmp_path):
-    process, run = start_trainer(tmp_path / "runs", synthetic_data_dir, min_finetune_rows=2)
-    try:
-        assert run.status()["state"] == "running" and run.holder()["pid"] == process.pid
-        process.kill()  # SIGKILL: no handler runs, status.json still says running
-        process.wait(timeout=60)
-    finally:
-        process.kill()
-    assert run.status(raw=True)["state"] == "running"
-    status = run.status()
-    assert status["state"] == "crashed" and "--resume" in status["error"] and run.holder() is None
-    saved = checkpoint_epoch(run)
-    assert saved >= 1
-    epochs = saved + 2
-    result = run_cli("--existing-run", run.path, "--resume", "--finetune-epochs", epochs)
-    assert result.returncode == 0, result.stderr
-    assert run.status()["state"] == "completed"
-    assert [(r["stage"], r["epoch"]) for r in run.history()] == (
-        [("head", 1)] + [("finetune", epoch) for epoch in range(1, epochs + 1)])
-
-    # The same run, never interrupted (the smoke preset's LR is constant, so the length is no factor).
-    straight = run_cli(*trainer_args(tmp_path / "straight", synthetic_data_dir, "--finetune-epochs", epochs))
-    assert straight.returncode == 0, straight.stderr
-    reference = only_run(tmp_path / "straight")
-    config = tlkit.Config.from_dict(run.config())
-    images = load_splits(config.data, config.seed).test.images
-    difference = np.abs(run.load_model().predict(images, verbose=0)
-                        - reference.load_model().predict(images, verbose=0)).max()
-    print(f"resumed vs uninterrupted ({keras.backend.backend()}): max |Δp| {difference:.2e}, test accuracy "
-          f"{run.metrics()['test_accuracy']:.4f} vs {reference.metrics()['test_accuracy']:.4f}")
-    assert difference < RESUME_TOLERANCE
-    assert abs(run.metrics()["test_accuracy"] - reference.metrics()["test_accuracy"]) <= 0.02
-
-

@@ -47,6 +47,7 @@ from tlkit.batches import ArrayBatches
 from tlkit.config import Config
 from tlkit.data import Splits
 from tlkit.model import BoundarySplit, Classifier, GraphSplitError
+from tlkit.runs import pid_alive
 
 CACHE_DTYPE = "float16"
 Progress = Callable[[float], None]
@@ -129,6 +130,7 @@ class CacheStore:
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_abandoned_temp_files(path.parent)
             with open(temp, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
             os.replace(temp, path)
@@ -137,6 +139,14 @@ class CacheStore:
         finally:
             temp.unlink(missing_ok=True)
         return True
+
+    @staticmethod
+    def _remove_abandoned_temp_files(directory: Path) -> None:
+        """Temp files of writers that died mid-write (kill -9); a live writer's stay."""
+        for temp in directory.glob(".*.tmp"):
+            pid = temp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                temp.unlink(missing_ok=True)
 
     def load_arrays(self, key: str, parts: int, count: int) -> list[np.ndarray] | None:
         arrays = [self.load(f"{key}-{i}", count) for i in range(parts)]

@@ -62,6 +62,7 @@ STATUS_FILE = "status.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
+MODEL_TEMP_FILE = ".model.tmp.keras"  # written, then renamed to MODEL_FILE
 MISCLASSIFIED_FILE = "misclassified.npz"
 DATA_FILE = "data.json"
 LOG_FILE = "train.log"
@@ -90,13 +91,22 @@ def resolve_runs_dir(runs_dir: str | os.PathLike | None) -> Path:
 
 # ---- atomic writes ------------------------------------------------------------
 
+# mkstemp makes 0600 files; run files get the mode any other new file gets (0666 less the umask,
+# like model.keras), so a runs dir shared by a team reads the same for everyone. Read once, at
+# import: os.umask can only be read by setting it, which would race with the heartbeat thread.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Writes `data` to `path` through a temp file in the same directory + rename."""
+    """Writes `data` to `path` through a temp file in the same directory + rename (the file, then
+    the directory, are fsynced), with the umask's usual file mode."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             handle.write(data)
             handle.flush()
@@ -106,6 +116,20 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_path(path.parent)  # the rename itself survives a power cut
+
+
+def overwrite_in_place(path: Path, value: dict) -> None:
+    """Rewrites an existing small JSON file in place, compact: the fallback when a full disk refuses
+    the temp file of `write_json` (the file's blocks exist already). A reader may see it torn for
+    a moment; readers treat that as missing."""
+    data = json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_path(path: Path) -> None:
@@ -217,12 +241,12 @@ class Run:
         if beat and isinstance(beat.get("at"), (int, float)):
             fresh = time.time() - beat["at"] < HEARTBEAT_STALE
             if beat.get("host") == socket.gethostname():
-                return fresh and _pid_alive(beat.get("pid"))
+                return fresh and pid_alive(beat.get("pid"))
             return fresh
         status = status if status is not None else (self._json(STATUS_FILE) or {})
         if status.get("host") not in (None, socket.gethostname()):
             return True  # another host, no heartbeat yet: not ours to call dead
-        return _pid_alive(status.get("pid"))
+        return pid_alive(status.get("pid"))
 
     def holder(self) -> dict | None:
         """`{"pid", "host", "since"}` of the trainer holding this run's lock (this host's view), or None."""
@@ -276,6 +300,7 @@ class Run:
             handle.close()
             raise RunLocked(f"run {self.run_id} is being trained by pid {beat.get('pid')} on host "
                             f"{beat.get('host')}; wait for it, or cancel it first")
+        self._remove_leftovers()
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
         handle.seek(0)
         handle.truncate()
@@ -295,13 +320,23 @@ class Run:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
+    def _remove_leftovers(self) -> None:
+        """Temp files of a trainer killed mid-write (held locked, so no writer of ours is busy)."""
+        for temp in [*self.path.glob(".*.tmp"), self.file(MODEL_TEMP_FILE)]:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
     def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
             with contextlib.suppress(OSError):
                 self._write_heartbeat()
 
     def _write_heartbeat(self) -> None:
-        write_json(self.file(HEARTBEAT_FILE), {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
+        beat = {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
+        try:
+            write_json(self.file(HEARTBEAT_FILE), beat)
+        except OSError:  # a full disk: the trainer is alive all the same
+            overwrite_in_place(self.file(HEARTBEAT_FILE), beat)
 
     def history(self) -> list[dict[str, Any]]:
         """Epoch rows with numeric fields as floats/ints; [] when missing; a damaged file yields the
@@ -371,6 +406,25 @@ class Run:
         write_json(self.file(STATUS_FILE), status)
         return status
 
+    def record_outcome(self, **fields) -> bool:
+        """`update_status` for a run's last word (failed, cancelled), even on a full disk.
+
+        A full disk refuses the temp file of an atomic write; status.json is then rewritten in
+        place, compact, into the blocks it already holds. Returns False when neither worked
+        (the caller then says it on stderr).
+        """
+        try:
+            self.update_status(**fields)
+            return True
+        except OSError:
+            pass
+        status = {**(self._json(STATUS_FILE) or {}), **fields, "updated_at": now()}
+        try:
+            overwrite_in_place(self.file(STATUS_FILE), status)
+            return True
+        except OSError:
+            return False
+
     def append_history(self, row: dict[str, Any]) -> None:
         self.write_history(self.history() + [row])
 
@@ -410,7 +464,8 @@ def _parse_history_row(row: dict[str, str]) -> dict[str, Any]:
     return parsed
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process `pid` exists on this host (True when unknown: no pid, or not ours to signal)."""
     if not isinstance(pid, int) or pid <= 0:
         return True  # no pid recorded: trust the file
     try:

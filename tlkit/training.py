@@ -19,11 +19,13 @@ run.metrics()["test_accuracy"]
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -86,12 +88,17 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
             try:
                 _execute(config, run, completed, precision, verbose, resume)
             except (KeyboardInterrupt, RunCancelled):
-                run.update_status(state="cancelled", error="cancelled by the user")
+                _record_outcome(run, state="cancelled", error="cancelled by the user")
                 raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
             except BaseException as error:
-                run.update_status(state="failed", error=describe_error(error))
+                _record_outcome(run, state="failed", error=describe_error(error, run))
                 raise
     return run
+
+
+def _record_outcome(run: runs.Run, **fields) -> None:
+    if not run.record_outcome(**fields):
+        print(f"tlkit: could not record {fields} in {run.file(runs.STATUS_FILE)} either", file=sys.stderr)
 
 
 # What may differ when a run is resumed: where things go, the evaluation, and stage lengths (a
@@ -112,8 +119,13 @@ def check_resumable(stored: dict | None, config: Config) -> None:
                           f"({'; '.join(changed)}); drop those flags, or start a new run")
 
 
-def describe_error(error: BaseException) -> str:
+def describe_error(error: BaseException, run: runs.Run | None = None) -> str:
     """One line for status.json and the CLI."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        resume = f"--existing-run {run.path} --resume" if run else "--existing-run DIR --resume"
+        return (f"no space left on the device{where}; free some space, then continue with {resume} "
+                "(finished epochs are kept)")
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if type(error).__name__ in ("ConfigError", "DataError", "BackboneError", "TrainingError"):
         return message
@@ -162,6 +174,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         completed.append(stage)
         run.update_status(completed_stages=list(completed))
         shutil.rmtree(_checkpoint_dir(run, stage), ignore_errors=True)  # the stage is in model.keras now
+    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)
 
     run.update_status(stage="evaluate", progress=0.98)
     # Cached test features are valid while the backbone is as cached: only the head has trained.
@@ -280,10 +293,17 @@ def _data_info(config: Config, splits: Splits) -> dict:
 
 
 def save_model(model: keras.Model, run: runs.Run) -> None:
-    """Saves `model.keras` atomically (temp file in the run dir, then rename)."""
-    temp = run.file(".model.tmp.keras")
-    model.save(temp)
-    os.replace(temp, run.model_path)
+    """Saves `model.keras` atomically (temp file in the run dir, then rename); a failed save
+    (a full disk) leaves the previous model.keras and no temp file."""
+    temp = run.file(runs.MODEL_TEMP_FILE)
+    try:
+        model.save(temp)
+        runs.fsync_path(temp)
+        os.replace(temp, run.model_path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    runs.fsync_path(run.path)
 
 
 @contextlib.contextmanager

@@ -35,10 +35,13 @@ RESUME_TOLERANCE = 1e-6  # measured: 0 on tensorflow, jax and torch
 
 def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     runs_dir = tmp_path / "runs"
+    # A team's umask (027): every file of the run gets the same mode from it, model.keras included.
     result = run_cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--name", "cli test",
-                 "--head-epochs", "2", "--unfreeze", "conv4")
+                     "--head-epochs", "2", "--unfreeze", "conv4", preexec_fn=lambda: os.umask(0o027))
     assert result.returncode == 0, result.stderr
     run = only_run(runs_dir)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in run.path.iterdir() if path.is_file()}
+    assert set(modes.values()) == {"0o640"} and {"model.keras", "status.json", "misclassified.npz"} <= set(modes), modes
     assert f"run directory: {run.path}" in result.stdout and "test accuracy" in result.stdout
     assert "cli-test" in run.run_id
     config = run.config()

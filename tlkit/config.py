@@ -344,7 +344,7 @@ class Config:
     @classmethod
     def from_preset(cls, preset: str, overrides: dict[str, Any] | None = None) -> Config:
         """Builds a preset, then applies nested `overrides` on top."""
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ConfigError(
                 f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
             )

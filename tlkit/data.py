@@ -79,6 +79,8 @@ _IDX_UBYTE = 0x08
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # Bump when decoding changes what it produces: old entries of the decode cache stop matching.
 DECODE_FORMAT = 1
+# A training set with fewer images per class than this is warned about (it still trains).
+FEW_PER_CLASS = 5
 # Unreadable files named in the warning before "and N more".
 SKIPPED_SHOWN = 5
 
@@ -114,6 +116,8 @@ class Splits:
             for folders `files` (hash of the file list with sizes and mtimes) and `layout`.
         skipped: `(relative path, reason)` of each unreadable file a folder source skipped.
         files: folder sources: the sorted relative paths that `Split.indices` point into.
+        warnings: what makes this data train poorly (classes without training images, a tiny
+            training set); printed on stderr when loaded and recorded in the run's data.json.
     """
 
     train: Split
@@ -123,6 +127,7 @@ class Splits:
     identity: dict = dataclasses.field(default_factory=dict)
     skipped: tuple[tuple[str, str], ...] = ()
     files: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -939,18 +944,32 @@ def load_splits(config: DataConfig, seed: int = 42, image_size: int | None = Non
         train, val = train.take(keep), train.take(held_out)
     test = test.take(stratified_subset(test.labels, config.test_limit, seed + 2))
 
-    _check_usable(train, test, config.source)
+    warnings = _check_usable(train, test, config.source, class_names)
+    for warning in warnings:
+        print(f"tlkit: warning: {warning}", file=sys.stderr)
     shape = [int(size) for size in train.images.shape[1:]]
     identity.update(shape=shape, channels=shape[-1])
     return Splits(train=train.split(), val=val.split(), test=test.split(), class_names=tuple(class_names),
-                  identity=identity, skipped=skipped, files=files)
+                  identity=identity, skipped=skipped, files=files, warnings=warnings)
 
 
-def _check_usable(train: _Pool, test: _Pool, source: str) -> None:
-    """Refuses data that would train for nothing: no test images, or a single training class."""
+def _check_usable(train: _Pool, test: _Pool, source: str, class_names) -> tuple[str, ...]:
+    """Refuses data that would train for nothing (no test images, a single training class) and
+    returns warnings about data that trains poorly (classes without images, a tiny training set)."""
     if not len(test.labels):
         raise DataError(f"{source}: the test set holds no images (after --test-limit); add test images")
     classes = np.unique(train.labels)
     if len(classes) < 2:
         raise DataError(f"{source}: the training set holds only class {int(classes[0]) if len(classes) else '-'}; "
                         "a classifier needs images of at least 2 classes")
+    warnings = []
+    missing = [str(name) for label, name in enumerate(class_names) if label not in set(classes.tolist())]
+    if missing:
+        warnings.append(f"{source}: no training images for {len(missing)} of {len(class_names)} classes "
+                        f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): the model can never "
+                        "predict them; add images or raise --train-limit")
+    if len(train.labels) < FEW_PER_CLASS * len(class_names):
+        warnings.append(f"{source}: only {len(train.labels)} training images for {len(class_names)} classes "
+                        f"(fewer than {FEW_PER_CLASS} per class): expect a noisy, unreliable model; add images "
+                        "or raise --train-limit")
+    return tuple(warnings)

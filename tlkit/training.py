@@ -289,7 +289,8 @@ def _for_gallery(images: np.ndarray) -> np.ndarray:
 def _data_info(config: Config, splits: Splits) -> dict:
     return {"source": config.data.source, "class_names": list(splits.class_names),
             "input_shape": list(splits.input_shape), "sizes": splits.sizes(),
-            "identity": splits.identity, "skipped": [list(item) for item in splits.skipped[:100]]}
+            "identity": splits.identity, "skipped": [list(item) for item in splits.skipped[:100]],
+            "warnings": list(splits.warnings)}
 
 
 def save_model(model: keras.Model, run: runs.Run) -> None:

@@ -22,9 +22,10 @@ import dataclasses
 import importlib.util
 import itertools
 import math
+import re
 from typing import Any
 
-from tlkit.config import Config, ConfigError, FieldSpec, check_value, coerce, field_specs
+from tlkit.config import PRESETS, Config, ConfigError, FieldSpec, check_value, coerce, field_specs, flatten_dict
 
 # Fields the page handles itself: the preset selector, and the runs dir the explorer is bound to.
 HIDDEN_FIELDS = ("preset", "runs_dir")
@@ -37,10 +38,11 @@ class WidgetSpec:
 
     Attributes:
         key: the dotted config key (`model.dropout`).
-        kind: `checkbox`, `selectbox`, `slider`, `number` or `text`.
+        kind: `checkbox`, `selectbox`, `slider`, `number`, `log` (a slider over a 1-2-3-5 grid
+            of decades, `options`) or `text`.
         label: short label (the field's name in words).
         help: the field's help text.
-        options: choices for a selectbox.
+        options: choices for a selectbox; the grid of a `log` widget.
         min_value: lower bound (None: unbounded).
         max_value: upper bound (None: unbounded).
         step: increment for numbers and sliders.
@@ -68,13 +70,42 @@ def label_for(spec: FieldSpec) -> str:
     return spec.path[-1].replace("_", " ").capitalize()
 
 
+# Penalties whose useful values span decades although their range starts at 0 (the spec cannot
+# say so yet; learning rates and L2 are recognised from their range and default).
+LOG_SCALE_NAMES = ("weight_decay",)
+LOG_GRID_MANTISSAS = (1, 2, 3, 5)
+
+
 def is_log_scale(spec: FieldSpec) -> bool:
-    """Learning rates, L2 penalties...: values spanning decades, best typed in e-notation."""
-    if spec.type is not float:
+    """Learning rates, L2 penalties, weight decay: rates up to 1 whose values span decades."""
+    if spec.type is not float or spec.max is None or spec.max > 1:
         return False
     wide = spec.min is not None and spec.min > 0 and spec.max is not None and spec.max / spec.min >= 1e4
     tiny_default = isinstance(spec.default, float) and 0 < abs(spec.default) < 1e-2
-    return wide or tiny_default
+    return wide or tiny_default or spec.path[-1] in LOG_SCALE_NAMES
+
+
+def log_grid(low: float | None, high: float | None, floor: float = 1e-7) -> tuple[float, ...]:
+    """1, 2, 3, 5 × 10^k within [low, high] (0 first when allowed): a log-scale slider's stops."""
+    high = 1.0 if high is None else float(high)
+    start = max(float(low or 0.0), floor)
+    stops = [0.0] if low is not None and low <= 0 else []
+    for exponent in range(math.floor(math.log10(start)), math.ceil(math.log10(high)) + 1):
+        for mantissa in LOG_GRID_MANTISSAS:
+            value = float(f"{mantissa}e{exponent}")  # exact decimal, no 3 * 1e-5 round-off
+            if start <= value <= high:
+                stops.append(value)
+    return tuple(stops)
+
+
+def log_options(widget: WidgetSpec, *values: Any) -> list[float]:
+    """The grid plus any current value off the grid (a preset's 3e-3 stays selectable)."""
+    extra = {float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return sorted(set(widget.options) | extra)
+
+
+def format_log(value: float) -> str:
+    return "0" if value == 0 else f"{value:.1e}".replace(".0e", "e")  # 3e-03, 2.5e-04
 
 
 def widget_spec(spec: FieldSpec) -> WidgetSpec:
@@ -89,8 +120,8 @@ def widget_spec(spec: FieldSpec) -> WidgetSpec:
                           step=1, **common)
     if spec.type is float:
         if is_log_scale(spec):
-            return WidgetSpec(kind="number", min_value=spec.min, max_value=spec.max,
-                              step=_decade_step(spec.default), format="%.1e", **common)
+            return WidgetSpec(kind="log", options=log_grid(spec.min, spec.max), min_value=spec.min,
+                              max_value=spec.max, format="%.0e", **common)
         bounded = spec.min is not None and spec.max is not None
         if bounded and spec.max - spec.min <= 1 and not spec.optional:
             # A [0, 1] range needs finer steps (weight decay 0.004) than a [0, 0.5] strength.
@@ -104,12 +135,6 @@ def widget_spec(spec: FieldSpec) -> WidgetSpec:
 
 def _as(kind, bound):
     return None if bound is None else kind(bound)
-
-
-def _decade_step(value) -> float:
-    if not value:
-        return 1e-4
-    return 10.0 ** math.floor(math.log10(abs(value)))
 
 
 def widget_specs() -> list[WidgetSpec]:
@@ -220,3 +245,106 @@ def sweep_configs(base: Config, axes: list[tuple[str, list[Any]]]) -> list[Confi
         config = base.replace(**overrides, name=f"{base_name}-{label}" if label else base_name)
         configs.append(config.validate())
     return configs
+
+
+# ---- checking the form field by field -------------------------------------------
+
+
+def field_label(key: str) -> str:
+    """How the form names a field: `Data › Train limit` (group › label), `Seed` for run-wide ones."""
+    spec = specs_by_key().get(key)
+    label = label_for(spec) if spec else key
+    group = group_of(key)
+    return f"{group.capitalize()} › {label}" if group else label
+
+
+def field_problems(values: dict[str, Any]) -> dict[str, str]:
+    """`{config key: message}` for every field whose value is unreadable or out of range, else the
+    first cross-field problem of `Config.validate()` under the key it names ("" when it names none).
+
+    The messages name the form's field (`Data › Train limit: 5 is below the minimum 20`), not a flag.
+    """
+    known = specs_by_key()
+    problems, flat = {}, {}
+    for key, value in values.items():
+        if key not in known:
+            continue
+        try:
+            flat[key] = normalise(key, value)
+            check_value(known[key], flat[key])
+        except ConfigError as error:
+            problems[key] = _for_the_form(str(error), key)
+    if problems:
+        return problems
+    try:
+        Config.from_dict(flat).validate()
+    except ConfigError as error:
+        key = _named_key(str(error))
+        problems[key] = _for_the_form(str(error), key)
+    return problems
+
+
+def _named_key(message: str) -> str:
+    """The config key a ConfigError starts with (`head.epochs / finetune.epochs: …` → head.epochs)."""
+    head = message.split(":", 1)[0].split("/")[0].strip()
+    return head if head in specs_by_key() else ""
+
+
+def _for_the_form(message: str, key: str) -> str:
+    """A ConfigError in the form's words: dotted keys and CLI flags become field labels."""
+    if key and message.startswith(key + ":"):
+        message = field_label(key) + message[len(key):]
+    for other in sorted(specs_by_key(), key=len, reverse=True):
+        if "." in other:
+            message = re.sub(rf"(?<![\w.]){re.escape(other)}(?![\w.])", field_label(other), message)
+    return name_form_fields(message)
+
+
+def flag_labels() -> dict[str, str]:
+    """`--data-dir` → `Data › Data dir`, for every config field's CLI flag."""
+    return {f"--{spec.flag}": field_label(spec.key) for spec in field_specs(Config)
+            if spec.key not in HIDDEN_FIELDS}
+
+
+def name_form_fields(message: str) -> str:
+    """Replaces CLI flags in a message (a trainer's error) with the form field to set."""
+    for flag, label in sorted(flag_labels().items(), key=lambda item: -len(item[0])):
+        message = re.sub(rf"{re.escape(flag)}(?![\w-])", f"the field {label} ({flag})", message)
+    return message
+
+
+# ---- presets --------------------------------------------------------------------
+
+# One line per preset: what it is for (tlkit.config's PRESETS carry this only as comments).
+PRESET_NOTES = {
+    "smoke": "Plumbing check in seconds: a tiny random-init backbone on 1,000 images.",
+    "cpu": "Best recipe for a 2-core CPU: ResNet50 at 72 px, head then conv5 fine-tuned (~35 min).",
+    "seed": "The seed write-up's recipe as written: 224 px, augmentation, last 16 layers (GPU).",
+    "best": "Strongest GPU recipe: 224 px, conv3 and up with AdamW, warm-up + cosine, TTA.",
+}
+
+
+def preset_note(preset: str) -> str:
+    return PRESET_NOTES.get(preset, "")
+
+
+def switch_preset(values: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """The form after picking preset `new`: what `new` defines, and the user's other edits kept.
+
+    A field follows the new preset unless the user changed it from the old preset's value and the
+    new preset does not define it: a data dir, weights file or run name survive a preset switch,
+    a train limit that only the old preset set does not.
+    """
+    old_values, new_values = preset_values(old), preset_values(new)
+    defined = set(flatten_dict(PRESETS.get(new, {})))
+    switched = {}
+    for key, value in new_values.items():
+        edited = key in values and repr(values[key]) != repr(old_values.get(key))
+        switched[key] = values[key] if edited and key not in defined else value
+    switched["preset"] = new
+    # A weights file the user picked stands for `imagenet` (a local copy) when the new preset wants it.
+    picked = values.get("model.weights")
+    if new_values.get("model.weights") == "imagenet" and picked not in (None, "imagenet", "none") \
+            and values.get("model.backbone") == new_values.get("model.backbone"):
+        switched["model.weights"] = picked
+    return switched

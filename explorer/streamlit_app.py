@@ -1,6 +1,7 @@
 """tlkit explorer: `streamlit run explorer [-- --runs-dir DIR]`.
 
-A thin entry page: settings, the sidebar's queue status and navigation. The
+A thin entry page: settings, the sidebar's live strip (queue, running and
+finished runs, on every page) and navigation. The
 pages live in `explorer/views/`, their logic in the modules beside this file.
 """
 
@@ -22,6 +23,6 @@ with st.sidebar:
     st.caption(f"Runs directory: `{runs_dir.resolve()}`")
     st.number_input("Max concurrent runs", min_value=1, max_value=16, step=1, key="max_concurrent",
                     value=session.max_concurrent(), help="Queue workers allowed at once on this machine.")
-    ui.queue_status(runs_dir)
+    ui.live_strip(runs_dir)
 
 pages.run()

@@ -150,6 +150,12 @@ def summarise_all(runs_dir) -> list[RunSummary]:
     return [summarise(run) for run in runs.list_runs(runs_dir)]
 
 
+def newest_first(summaries: list[RunSummary]) -> list[RunSummary]:
+    """By creation time, then id (ids start with a one-second timestamp, so two runs queued in the
+    same second would otherwise come out in random order)."""
+    return sorted(summaries, key=lambda s: (str(s.status.get("created_at") or ""), s.run_id), reverse=True)
+
+
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

@@ -14,16 +14,18 @@ from typing import Any
 
 import streamlit as st
 
-from explorer import forms, launcher, tables, worker
+from explorer import forms, launcher, offline, tables, worker
 from tlkit import runs
 from tlkit.config import (
     BACKBONE_BLOCKS,
     KERAS_HUB_PREFIX,
     LOCAL_BACKBONES,
     PRESETS,
+    Config,
     ConfigError,
     DataConfig,
     UnfreezeSpec,
+    field_specs,
 )
 
 DEFAULT_PRESET = "smoke" if "smoke" in PRESETS else next(iter(PRESETS))
@@ -193,28 +195,57 @@ def _render_generic(widget: forms.WidgetSpec) -> Any:
     if widget.kind == "slider":
         return st.slider(widget.label, min_value=widget.min_value, max_value=widget.max_value,
                          step=widget.step, help=widget.help, key=key)
+    if widget.kind == "log":
+        options = forms.log_options(widget, st.session_state.get(key))
+        return st.select_slider(widget.label, options, format_func=forms.format_log, key=key,
+                                help=f"{widget.help} (log scale)")
     if widget.kind == "number":
-        return st.number_input(widget.label, min_value=widget.min_value, max_value=widget.max_value,
-                               step=widget.step, format=widget.format, help=widget.help, key=key,
-                               placeholder="none" if widget.optional else None)
+        # No min/max here: Streamlit would silently keep the old value; the range is checked
+        # by `forms.field_problems`, which says what is wrong next to the field.
+        return st.number_input(widget.label, step=widget.step, format=widget.format, help=widget.help,
+                               key=key, placeholder="none" if widget.optional else None)
     return st.text_input(widget.label, help=widget.help, key=key,
                          placeholder="none" if widget.optional else "")
 
 
-def load_preset(preset: str | None = None) -> None:
-    """Sets every widget to the preset's value (the preset selector's on_change)."""
-    preset = preset or st.session_state.get(wkey("preset")) or DEFAULT_PRESET
-    values = forms.preset_values(preset)
+def _seed_all(values: dict[str, Any]) -> None:
     st.session_state["draft"] = dict(values)
     for widget in forms.widget_specs():
         _seed(widget, values[widget.key])
 
 
-def _ensure_state() -> None:
-    """Seeds widget state from the draft (first visit, or back from another page)."""
+def load_preset(preset: str | None = None) -> None:
+    """Switches the form to a preset (the preset selector's on_change); the user's edits to
+    fields the preset does not define are kept (`forms.switch_preset`)."""
+    preset = preset or st.session_state.get(wkey("preset")) or DEFAULT_PRESET
+    draft = st.session_state.get("draft") or forms.preset_values(preset)
+    values = forms.switch_preset(draft, draft.get("preset") or preset, preset)
+    _seed_all(offline.machine_defaults(values))
+
+
+def last_run_values(runs_dir) -> tuple[dict[str, Any], str] | None:
+    """The flat config of the newest run in the runs dir (what the form restarts from), and its id."""
+    for summary in tables.newest_first(tables.summarise_all(runs_dir))[:20]:
+        if not summary.config:
+            continue
+        try:
+            config = Config.from_dict(summary.config)
+        except (ConfigError, TypeError, KeyError):
+            continue
+        return {spec.key: spec.get(config) for spec in field_specs(Config)}, summary.run_id
+    return None
+
+
+def _ensure_state(runs_dir) -> None:
+    """Seeds widget state: from the draft (back from another page), else from the newest run in the
+    runs dir (a reload or a new tab shows what was last launched), else from the default preset."""
     if "draft" not in st.session_state:
-        st.session_state[wkey("preset")] = st.session_state.get(wkey("preset"), DEFAULT_PRESET)
-        load_preset(st.session_state[wkey("preset")])
+        last = last_run_values(runs_dir) if runs_dir is not None else None
+        values, source = (last[0], last[1]) if last else (forms.preset_values(DEFAULT_PRESET), None)
+        values["preset"] = values.get("preset") if values.get("preset") in PRESETS else DEFAULT_PRESET
+        st.session_state["form:started_from"] = source
+        st.session_state[wkey("preset")] = values["preset"]
+        _seed_all(offline.machine_defaults(values))
         return
     draft = st.session_state["draft"]
     if wkey("preset") not in st.session_state:
@@ -224,35 +255,73 @@ def _ensure_state() -> None:
             _seed(widget, draft[widget.key])
 
 
-def config_form() -> tuple[dict[str, Any], str]:
-    """Renders preset, backend and every config field; returns (flat values, backend)."""
-    _ensure_state()
+def preset_and_backend() -> tuple[str, str]:
+    """The preset selector (outside the form: picking one reseeds it) and the backend."""
     backends = forms.installed_backends() or ["jax"]
     if "cfg:backend" not in st.session_state:
         env_backend = os.environ.get("KERAS_BACKEND")
         st.session_state["cfg:backend"] = env_backend if env_backend in backends else backends[0]
-    top = st.columns([1, 1, 2])
-    preset = top[0].selectbox("Preset", list(PRESETS), key=wkey("preset"), on_change=load_preset,
-                              help="Loads the preset's values into every field below.")
-    backend = top[1].selectbox("Backend", backends, key="cfg:backend",
-                               help="Keras backend for the training process (only installed ones).")
+    left, right, note = st.columns([1, 1, 2], vertical_alignment="bottom")
+    preset = left.selectbox("Preset", list(PRESETS), key=wkey("preset"), on_change=load_preset,
+                            help="Sets the fields the preset defines; your other edits are kept.")
+    backend = right.selectbox("Backend", backends, key="cfg:backend",
+                              help="Keras backend for the training process (only installed ones).")
+    note.caption(forms.preset_note(preset))
+    return preset, backend
+
+
+class FormResult:
+    """What the config form returns: the applied values, per-field problems, which button was pressed."""
+
+    def __init__(self, values: dict[str, Any], problems: dict[str, str], launch: bool):
+        self.values, self.problems, self.launch = values, problems, launch
+
+
+def config_form(runs_dir=None) -> tuple[FormResult, str]:
+    """Preset, backend and every config field in one `st.form`; returns (result, backend).
+
+    Edits are batched: typing reruns nothing until Enter, **Apply** or **Launch**. Each problem
+    is shown under its field, and **Launch** is disabled while there is one.
+    """
+    _ensure_state(runs_dir)
+    preset, backend = preset_and_backend()
+    if started_from := st.session_state.get("form:started_from"):
+        st.caption(f"The form starts from the newest run, `{started_from}`.")
     values: dict[str, Any] = {"preset": preset}
+    slots: dict[str, Any] = {}
     widgets = forms.widget_specs()
-    with top[2]:
-        values["name"] = _render_generic(next(w for w in widgets if w.key == "name"))
-    for group, caption in forms.groups():
-        members = [w for w in widgets if forms.group_of(w.key) == group and w.key != "name"]
-        if not members:
-            continue
-        title = group.capitalize() if group else "Run"
-        expanded = group in ("model", "augment", "head", "finetune")
-        with st.expander(f"**{title}** — {caption}", expanded=expanded):
-            columns = st.columns(3)
-            for index, widget in enumerate(members):
-                with columns[index % 3]:
-                    values[widget.key] = _render_field(widget, values)
+    with st.form("config", enter_to_submit=True, border=False):
+        name_widget = next(w for w in widgets if w.key == "name")
+        values["name"] = _render_generic(name_widget)
+        slots["name"] = st.empty()
+        for group, caption in forms.groups():
+            members = [w for w in widgets if forms.group_of(w.key) == group and w.key != "name"]
+            if not members:
+                continue
+            title = group.capitalize() if group else "Run"
+            with st.expander(f"**{title}** — {caption}", expanded=group in EXPANDED_GROUPS):
+                columns = st.columns(3)
+                for index, widget in enumerate(members):
+                    with columns[index % 3]:
+                        values[widget.key] = _render_field(widget, values)
+                        slots[widget.key] = st.empty()  # its problem, if any, once all values are known
+        problems = forms.field_problems(values)
+        for key, message in problems.items():
+            (slots.get(key) or st).error(message, icon=":material/error:")
+        for warning in offline.download_warnings(values):
+            st.warning(warning, icon=":material/cloud_download:")
+        apply_col, launch_col, hint = st.columns([1, 1, 4], vertical_alignment="center")
+        # The first submit button is what Enter presses: Apply, never Launch.
+        apply_col.form_submit_button("Apply", icon=":material/check:", key="apply")
+        launch = launch_col.form_submit_button("Launch", icon=":material/rocket_launch:", type="primary",
+                                               disabled=bool(problems), key="launch")
+        hint.caption("Edits apply on Enter, Apply or Launch."
+                     + (" Launch is disabled until the fields marked in red are fixed." if problems else ""))
     st.session_state["draft"] = {**st.session_state.get("draft", {}), **values}
-    return values, backend
+    return FormResult(values, problems, launch), backend
+
+
+EXPANDED_GROUPS = ("data", "model", "head", "finetune")
 
 
 def _render_field(widget: forms.WidgetSpec, values: dict[str, Any]) -> Any:
@@ -267,7 +336,7 @@ def _render_field(widget: forms.WidgetSpec, values: dict[str, Any]) -> Any:
     return _render_generic(widget)
 
 
-# ---- live progress --------------------------------------------------------------
+# ---- live strip -----------------------------------------------------------------
 
 
 def _last_metrics(history: list[dict]) -> str:
@@ -294,13 +363,21 @@ def card_key(run_id: str) -> str:
     return "card-" + re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
 
 
+def outcome(summary: tables.RunSummary) -> str:
+    """A finished run in a few words: `✓ 85.20 %`, `failed`, `cancelled`."""
+    if summary.state == "completed":
+        accuracy = summary.test_accuracy
+        return f"test accuracy {accuracy:.2%}" if accuracy is not None else "completed"
+    return summary.state
+
+
 def run_card(summary: tables.RunSummary) -> None:
-    """One run's live state: progress, current metrics, result or error, Cancel."""
+    """One run's live state, compact enough for the sidebar: progress, metrics, result or error, Cancel."""
     with st.container(border=True, key=card_key(summary.run_id)):
-        head, action = st.columns([5, 1])
         icon = tables.STATE_ICONS[summary.state]
-        head.markdown(f"{icon} **{summary.label}** · `{summary.run_id}` · {summary.state}"
-                      f"{' · ' + summary.backend if summary.backend else ''}")
+        st.markdown(f"{icon} **{summary.label}** · {summary.state}"
+                    f"{' · ' + summary.backend if summary.backend else ''}",
+                    help=f"`{summary.run_id}`")
         if summary.state in ("queued", "running"):
             progress = summary.status.get("progress")
             progress = min(1.0, max(0.0, float(progress))) if isinstance(progress, (int, float)) else 0.0
@@ -308,40 +385,49 @@ def run_card(summary: tables.RunSummary) -> None:
             metrics = _last_metrics(summary.run.history())
             if metrics:
                 st.caption(metrics)
-            if action.button("Cancel", key=f"cancel:{summary.run_id}"):
+            if st.button("Cancel", key=f"cancel:{summary.run_id}", icon=":material/stop_circle:"):
                 st.toast(launcher.cancel_run(summary.run))
         elif summary.state == "completed":
-            accuracy = summary.test_accuracy
-            st.markdown(f"test accuracy **{accuracy:.2%}**" if accuracy is not None else "completed")
+            st.markdown(outcome(summary))
         if summary.state == "cancelled":
             st.caption(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
         elif summary.error and summary.state != "completed":
-            st.error(summary.error)
+            st.error(forms.name_form_fields(summary.error))
+
+
+FINISHED_SHOWN = 8
 
 
 @st.fragment(run_every=2)
-def progress_panel(runs_dir) -> None:
-    """Queued and running runs (from anywhere), plus those launched in this session."""
-    launched = st.session_state.get("launched", [])
-    summaries = tables.summarise_all(runs_dir)
-    shown = [s for s in summaries if s.state in ("queued", "running") or s.run_id in launched]
-    st.subheader("Active runs")
-    if not shown:
+def live_strip(runs_dir) -> None:
+    """The sidebar's live view, rebuilt from the runs dir every 2 s (so a reload or a second tab
+    shows the same): queue and worker line, queued and running runs newest first, and the
+    latest finished runs folded in an expander whose title says how the last one ended."""
+    summaries = tables.newest_first(tables.summarise_all(runs_dir))
+    live = [s for s in summaries if s.state in ("queued", "running")]
+    finished = [s for s in summaries if s.state not in ("queued", "running")]
+    _queue_line(runs_dir, live)
+    if not live:
         st.caption("Nothing queued or running.")
-        return
-    for summary in sorted(shown, key=lambda s: s.run_id):
+    for summary in live:
         run_card(summary)
+    if finished:
+        last = finished[0]
+        with st.expander(f"Finished · {len(finished)} · last: {last.label} {outcome(last)}", key="finished"):
+            for summary in finished[:FINISHED_SHOWN]:
+                run_card(summary)
+            if len(finished) > FINISHED_SHOWN:
+                st.caption(f"{len(finished) - FINISHED_SHOWN} older runs are on the Runs page.")
 
 
-@st.fragment(run_every=3)
-def queue_status(runs_dir) -> None:
-    """Sidebar line: queue length and workers; restarts a worker if runs wait without one."""
-    counts = launcher.queue_summary(runs_dir)
+def _queue_line(runs_dir, live: list[tables.RunSummary]) -> None:
+    """Queue length and workers; offers to restart a worker if runs wait without one."""
+    queued = sum(s.state == "queued" for s in live)
     workers = worker.active_workers(runs_dir) if runs_dir.is_dir() else []
-    st.caption(f"Queue: {counts['queued']} queued · {counts['running']} running · "
+    st.caption(f"Queue: {queued} queued · {len(live) - queued} running · "
                f"{'worker pid ' + ', '.join(map(str, workers)) if workers else 'no worker'}")
     # After a reboot (or a killed worker) queued runs wait for nobody.
-    if counts["queued"] and not workers and st.button("Start queue worker", key="start-worker"):
+    if queued and not workers and st.button("Start queue worker", key="start-worker"):
         launcher.ensure_worker(runs_dir, st.session_state.get("max_concurrent", 1))
 
 

@@ -1,4 +1,4 @@
-"""Launch page: design a run from the config's fields, queue it (or a sweep), watch it."""
+"""Launch page: design a run from the config's fields, queue it (or a sweep); the sidebar watches it."""
 
 import streamlit as st
 
@@ -7,34 +7,28 @@ from tlkit.config import ConfigError
 
 runs_dir = session.runs_dir()
 st.title("Launch an experiment")
-st.caption("Every field comes from tlkit's config; a preset fills them all. Runs go to a queue "
-           "worker that trains them one after another in the background (close the tab any time).")
-
-values, backend = ui.config_form()
-try:
-    config = forms.build_config(values)
-    problem = None
-except ConfigError as error:
-    config, problem = None, str(error)
-
-if problem:
-    st.error(f"Invalid config: {problem}")
-else:
-    with st.expander("config.json preview"):
-        st.json(config.to_dict(), expanded=True)
+st.caption("Every field comes from tlkit's config; a preset fills the fields it defines. Runs go to a "
+           "queue worker that trains them one after another in the background (close the tab any time); "
+           "the sidebar follows them.")
 
 
 def start(configs) -> None:
     queued = launcher.queue_many(runs_dir, configs, backend)
     launcher.ensure_worker(runs_dir, st.session_state.get("max_concurrent", session.max_concurrent()))
-    st.session_state.setdefault("launched", []).extend(run.run_id for run in queued)
     names = ", ".join(f"`{run.run_id}`" for run in queued)
-    st.success(f"Queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {names}")
+    st.session_state["launch:flash"] = f"Queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {names}"
+    st.rerun()  # the whole app, so the sidebar's live strip shows the new runs at once
 
 
-if st.button("Launch", icon=":material/rocket_launch:", type="primary", disabled=config is None,
-             key="launch"):
+result, backend = ui.config_form(runs_dir)
+config = None if result.problems else forms.build_config(result.values)
+if result.launch and config is not None:
     start([config])
+if flash := st.session_state.pop("launch:flash", None):
+    st.success(flash)
+if config is not None:
+    with st.expander("config.json preview"):
+        st.json(config.to_dict(), expanded=True)
 
 with st.expander("Sweep: queue a grid over up to two fields"):
     st.caption(f"Pick a field and {forms.MAX_SWEEP_VALUES} or fewer comma-separated values; "
@@ -62,5 +56,3 @@ with st.expander("Sweep: queue a grid over up to two fields"):
         st.markdown("Runs: " + ", ".join(f"`{c.name}`" for c in grid))
     if st.button(f"Queue {len(grid)} runs", disabled=not grid, key="sweep:queue"):
         start(grid)
-
-ui.progress_panel(runs_dir)

@@ -49,7 +49,7 @@ def chart_keys(at: AppTest) -> list[str]:
 def test_launch_form_is_generated_from_field_specs(runs_dir, no_worker):
     at = app().run()
     assert not at.exception
-    kinds = ("selectbox", "slider", "number_input", "checkbox", "text_input", "radio")
+    kinds = ("selectbox", "slider", "select_slider", "number_input", "checkbox", "text_input", "radio")
     rendered = {element.key for kind in kinds for element in at.get(kind)}
     for widget in forms.widget_specs():
         if widget.key not in ui.CUSTOM_SEEDS:
@@ -83,15 +83,19 @@ def test_preset_sets_every_widget(runs_dir, no_worker):
 def test_keras_hub_backbone_falls_back_to_a_text_box(runs_dir, no_worker):
     at = app().run()
     at.selectbox(key="cfg:preset").select("cpu").run()
-    at.selectbox(key="cfg:model.backbone:choice").select(ui.KERAS_HUB_CHOICE).run()
-    at.text_input(key="cfg:model.backbone:hub").input("resnet_50_imagenet").run()
+    at.selectbox(key="cfg:model.backbone:choice").select(ui.KERAS_HUB_CHOICE)
+    apply(at)
+    at.text_input(key="cfg:model.backbone:hub").input("resnet_50_imagenet")
+    apply(at)
     assert not at.exception
     assert not [b for b in at.get("selectbox") if b.key == ui.wkey("finetune.unfreeze", "block")]
     text = at.text_input(key=ui.wkey("finetune.unfreeze", "text"))
     assert text.value == "conv5"
-    text.input("stage4").run()
+    text.input("stage4")
+    apply(at)
     assert "Unfreezes: stage4 and every layer after it" in [c.value for c in at.caption]
-    at.radio(key=ui.wkey("finetune.unfreeze", "mode")).set_value(ui.LAYERS_MODE).run()
+    at.radio(key=ui.wkey("finetune.unfreeze", "mode")).set_value(ui.LAYERS_MODE)
+    apply(at)
     assert at.number_input(key=ui.wkey("finetune.unfreeze", "layers")).value == 16
     assert "Unfreezes: last 16 layers" in [c.value for c in at.caption]
 
@@ -106,11 +110,15 @@ def test_data_source_picker_previews_classes_and_counts(runs_dir, no_worker, tmp
     at = app().run()
     assert at.selectbox(key=ui.wkey("data.source", "choice")).value == "fashion_mnist"
     assert any(c.value.startswith("builtin: 10 classes: T-shirt/top") for c in at.caption)
-    at.selectbox(key=ui.wkey("data.source", "choice")).select(ui.SOURCE_PATH_CHOICE).run()
-    at.text_input(key=ui.wkey("data.source", "path")).input(str(tmp_path / "photos")).run()
+    at.selectbox(key=ui.wkey("data.source", "choice")).select(ui.SOURCE_PATH_CHOICE)
+    apply(at)
+    at.text_input(key=ui.wkey("data.source", "path")).input(str(tmp_path / "photos"))
+    at.text_input(key="cfg:data.data_dir").input("")  # a data dir is only for built-in datasets
+    apply(at)
     assert not at.exception
     assert "folder: 2 classes, 5 images: cats (3), dogs (2)" in [c.value for c in at.caption]
-    at.text_input(key=ui.wkey("data.source", "path")).input(str(tmp_path / "nowhere")).run()
+    at.text_input(key=ui.wkey("data.source", "path")).input(str(tmp_path / "nowhere"))
+    apply(at)
     assert any("is neither a built-in name nor an existing folder" in c.value for c in at.caption)
 
 
@@ -140,9 +148,38 @@ def test_explorer_never_imports_a_keras_backend(populated):
 
 def test_invalid_config_shows_config_error_and_blocks_launch(runs_dir, no_worker):
     at = app().run()
-    at.number_input(key="cfg:head.warmup_epochs").set_value(3.0).run()
-    assert any("head.warmup_epochs" in error.value for error in at.error)
+    at.number_input(key="cfg:head.warmup_epochs").set_value(3.0)
+    apply(at)
+    assert any(error.value.startswith("Head › Warmup epochs: 3.0 must be shorter than Head › Epochs")
+               for error in at.error)
     assert at.button(key="launch").disabled is True
+
+
+def test_out_of_range_value_is_named_next_to_the_field_and_blocks_launch(runs_dir, no_worker):
+    at = app().run()
+    at.number_input(key="cfg:data.train_limit").set_value(5)
+    at.button(key="launch").click().run()  # Launch submits the form: refused, nothing queued
+    assert not runs.list_runs(runs_dir)
+    assert [e.value for e in at.error] == ["Data › Train limit: 5 is outside the allowed range [20, inf]"]
+    assert at.number_input(key="cfg:data.train_limit").value == 5  # kept, not silently reverted
+    assert at.button(key="launch").disabled is True
+    at.number_input(key="cfg:data.train_limit").set_value(200)
+    apply(at)
+    assert not at.error and at.button(key="launch").disabled is False
+
+
+def test_learning_rates_and_weight_decay_are_log_sliders(runs_dir, no_worker):
+    at = app().run()
+    rate = at.select_slider(key="cfg:head.learning_rate")
+    assert rate.value == pytest.approx(PRESETS["smoke"]["head"]["learning_rate"])
+    assert {1e-5, 1e-4, 1e-3, 1e-2} <= set(rate.options_values if hasattr(rate, "options_values") else
+                                            map(float, rate.options))
+    decay = at.select_slider(key="cfg:finetune.weight_decay")
+    decay.set_value(0.05)
+    at.selectbox(key="cfg:finetune.optimizer").select("adamw")
+    at.button(key="launch").click().run()
+    (run,) = runs.list_runs(runs_dir)
+    assert run.config()["finetune"]["weight_decay"] == pytest.approx(0.05)
 
 
 def test_launch_queues_a_run_and_shows_it(runs_dir, no_worker):
@@ -184,6 +221,11 @@ def test_sweep_queues_the_grid(runs_dir, no_worker):
 
 
 # ---- Runs -----------------------------------------------------------------------
+
+
+def apply(at: AppTest) -> AppTest:
+    """Submits the config form (its edits are batched until Enter, Apply or Launch)."""
+    return at.button(key="apply").click().run()
 
 
 def runs_page() -> AppTest:

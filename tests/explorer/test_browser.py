@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import launcher, ui, worker
+from explorer import launcher, offline, ui, worker
 from tlkit import runs
 
 from ..helpers import REPO, wait_until
@@ -100,6 +100,8 @@ def explorer(tmp_path_factory, chromium):
     if mode == "fake":
         env[worker.TRAIN_CMD_ENV] = shlex.join(FAKE_TRAINER_CMD)
         env["FAKE_TRAINER_EPOCH_SECONDS"] = "1"
+    elif find_data_dir() != offline.find_data_dir("fashion_mnist"):
+        env[offline.DATA_DIR_ENV] = str(find_data_dir())  # the copy is elsewhere; tell the explorer
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(runs_dir.parent / "streamlit.log", "wb")
@@ -171,30 +173,73 @@ def launch(page, runs_dir: Path, name: str) -> runs.Run:
     return runs.Run(runs_dir / run_id)
 
 
+def has_value(page, label: str, value: str) -> bool:
+    """Whether the input shows `value` within a few seconds (a fresh page fills its widgets late)."""
+    box = page.locator(f'input[aria-label="{label}"]').first
+    return wait_until(lambda: box.input_value() == value, timeout=15, interval=0.25)
+
+
 def svg_texts(locator) -> list[str]:
     return locator.evaluate_all("nodes => nodes.map(node => node.textContent)")
 
 
 def card(page, run: runs.Run):
-    return page.locator(f".st-key-{ui.card_key(run.run_id)}")
+    """The run's card in the sidebar's live strip (finished runs sit in the "Finished" expander)."""
+    return page.locator(f'[data-testid="stSidebar"] .st-key-{ui.card_key(run.run_id)}')
+
+
+def open_finished(page) -> None:
+    """Unfolds the live strip's finished runs (once; it stays open across refreshes)."""
+    finished = page.locator('[data-testid="stSidebar"] .st-key-finished details')
+    finished.wait_for()
+    if finished.get_attribute("open") is None:
+        finished.locator("summary").click()
 
 
 def test_launch_watch_cancel_and_compare(page, explorer):
     runs_dir, mode = explorer["runs_dir"], explorer["mode"]
     print(f"browser test trainer: {mode}")
 
-    # ---- Launch: two smoke runs queue behind each other ----
+    # ---- The first launch works: the data dir is the detected copy, or a download is announced ----
+    data_box, warning = page.locator('input[aria-label="Data dir"]'), page.get_by_text("will be downloaded through")
+    assert wait_until(lambda: data_box.input_value() or warning.count(), timeout=20, interval=0.25)
+    data_dir, warned = data_box.input_value(), warning.count() > 0
+    detected = offline.find_data_dir("fashion_mnist")
     if mode == "real":
-        expand(page, "Where the images come from")
-        fill(page, "Data dir", str(find_data_dir()))
+        assert data_dir and Path(data_dir).resolve() == find_data_dir().resolve() and not warned
+    else:
+        assert (data_dir and not warned) or (not data_dir and warned and detected is None)
+
+    # ---- An out-of-range value is named next to its field and blocks Launch ----
+    fill(page, "Train limit", "5")
+    page.get_by_text("Data › Train limit: 5 is outside the allowed range [20, inf]").wait_for()
+    assert page.get_by_role("button", name="Launch").is_disabled()
+    assert has_value(page, "Train limit", "5")  # kept, not silently reverted
+    fill(page, "Train limit", "1000")
+    page.get_by_text("outside the allowed range").wait_for(state="detached")
+    assert page.get_by_role("button", name="Launch").is_enabled()
+
+    # ---- Launch: two smoke runs queue behind each other, newest first in the live strip ----
     first = launch(page, runs_dir, "e2e-a")
     fill(page, "Head units", "128")  # the second run differs in one field
     second = launch(page, runs_dir, "e2e-b")
+    strip = page.locator('[data-testid="stSidebar"] [class*="st-key-card-"]')
     page.get_by_text("waiting for the queue worker").wait_for()
     shot(page, "launch.png", height=2500)
 
-    card(page, first).get_by_text("test accuracy").wait_for(timeout=RUN_TIMEOUT_MS)
-    card(page, second).get_by_text("test accuracy").wait_for(timeout=RUN_TIMEOUT_MS)
+    # ---- A reload rebuilds the same strip and the form from the runs dir ----
+    page.reload()
+    page.get_by_text("Launch an experiment").wait_for()
+    card(page, second).wait_for()
+    assert has_value(page, "Head units", "128") and has_value(page, "Name", "e2e-b")
+    live = [key for key in strip.evaluate_all("nodes => nodes.map(n => n.className)")]
+    order = [run.run_id for run in (second, first) if any(ui.card_key(run.run_id) in k for k in live)]
+    assert order and order[0] == second.run_id  # newest first (the first may have finished already)
+
+    page.get_by_text("Finished · 2").wait_for(timeout=RUN_TIMEOUT_MS)
+    open_finished(page)
+    card(page, first).get_by_text("test accuracy").wait_for()
+    card(page, second).get_by_text("test accuracy").wait_for()
     for run in (first, second):
         status = run.status()
         assert status["state"] == "completed", run.log_tail()
@@ -208,6 +253,7 @@ def test_launch_watch_cancel_and_compare(page, explorer):
     card(page, third).get_by_role("button", name="Cancel").click()
     status = runs.wait_for(third, timeout=60)
     assert status["state"] == "cancelled", third.log_tail()
+    open_finished(page)
     card(page, third).get_by_text("history is kept").wait_for()
 
     # ---- Compare: curves of the two completed runs ----

@@ -64,6 +64,7 @@ def test_liveness_comes_from_the_heartbeat_on_any_host(tmp_path):
 
 def test_one_trainer_per_run_directory(tmp_path):
     run = runs.create_run(tmp_path)
+    assert run.holder() is None and not run.file(runs.LOCK_FILE).exists()  # readers create nothing
     with run.claim():
         assert run.heartbeat()["pid"] == os.getpid() and run.trainer_alive()
         assert run.holder()["pid"] == os.getpid()

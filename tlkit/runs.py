@@ -11,18 +11,20 @@ A run lives in `<runs_dir>/<run_id>/` and holds:
 - `metrics.json`: `test_accuracy`, `test_loss`, `confusion_matrix`, per-class
   metrics, class names, backend, versions, device, seconds per stage, images/s.
 - `model.keras`: the trained model (reloads on every backend after `import tlkit`).
-- `data.json`: what the run trained on: source, class names, input shape, split sizes,
+- `data.json`: what the run trained on: source, class names, input shape, split sizes, warnings,
   skipped files (written when the data is loaded, so `tlkit.predict` can name classes).
 - `misclassified.npz`: `index`, `true`, `predicted`, `confidence` and the `images` of the
   misclassified test images (N, H, W) for grayscale, (N, H, W, 3) for colour.
 - `train.log`: the CLI's output when launched by the explorer.
-- `checkpoints/<stage>/`: while a stage trains, its last whole epoch (weights, optimizer state,
-  random-generator states); removed when the stage is saved in `model.keras`.
+- `checkpoints/<stage>/epoch-NNNN/`: while a stage trains, its last whole epoch (weights, optimizer
+  state, random-generator states; `tlkit.stages.EpochCheckpoint`); removed when the stage is saved
+  in `model.keras`.
 - `.trainer.lock`, `.heartbeat.json`: held and refreshed by the one trainer of the run (`Run.claim`).
 
-Every write goes to a temp file first and is renamed into place, so a reader
-never sees half a file. Readers are tolerant: a missing or corrupt file reads
-as `None` (or an empty history) instead of raising.
+Every write goes to a temp file first, is fsynced and renamed into place, so a
+reader never sees half a file, and gets the mode the umask gives any new file.
+Readers are tolerant: a missing or corrupt file reads as `None` (or an empty
+history) instead of raising.
 
 Example:
 
@@ -250,24 +252,28 @@ class Run:
 
     def holder(self) -> dict | None:
         """`{"pid", "host", "since"}` of the trainer holding this run's lock (this host's view), or None."""
-        path = self.file(LOCK_FILE)
+        local = self._lock_holder()
+        if local is not None:
+            return local
+        beat = self.heartbeat()  # a trainer on another host holds no lock here: its heartbeat speaks
+        if beat and beat.get("host") != socket.gethostname() and self.trainer_alive():
+            return {key: beat.get(key) for key in ("pid", "host")}
+        return None
+
+    def _lock_holder(self) -> dict | None:
         try:
-            handle = open(path, "a+")
+            handle = open(self._inside(LOCK_FILE))  # read-only: a reader never creates the lock file
         except OSError:
             return None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
                 try:
                     return json.loads(handle.read() or "{}")
                 except ValueError:
                     return {}
             fcntl.flock(handle, fcntl.LOCK_UN)
-        beat = self.heartbeat()  # a trainer on another host holds no lock here: its heartbeat speaks
-        if beat and beat.get("host") != socket.gethostname() and self.trainer_alive():
-            return {key: beat.get(key) for key in ("pid", "host")}
         return None
 
     @contextlib.contextmanager

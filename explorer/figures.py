@@ -54,46 +54,95 @@ def with_global_epochs(history: list[dict[str, Any]]) -> tuple[list[dict[str, An
     return rows, (head_epochs + 0.5 if has_both else None)
 
 
-def curves_figure(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
-    """Loss and accuracy (train solid, validation dashed) for several runs, stages joined."""
-    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08)
-    boundaries = {}
+def smooth(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing): 0 keeps the values, 0.9 smooths hard."""
+    smoothed, last = [], None
+    for value in values:
+        last = value if last is None else weight * last + (1 - weight) * value
+        smoothed.append(last)
+    return smoothed
+
+
+def with_positions(history: list[dict[str, Any]], x_axis: str = "epoch") -> tuple[list[dict], float | None]:
+    """`with_global_epochs`, plus an `x` per row: the epoch step, or the wall-clock seconds at the
+    end of the epoch (`seconds` summed) when `x_axis == "time"`. Returns the rows and the boundary's x."""
+    rows, boundary = with_global_epochs(history)
+    if x_axis != "time":
+        for row in rows:
+            row["x"] = row["step"]
+        return rows, boundary
+    elapsed, head_end = 0.0, None
+    for row in rows:
+        seconds = row.get("seconds")
+        elapsed += float(seconds) if isinstance(seconds, (int, float)) else 0.0
+        row["x"] = elapsed
+        if row["stage"] == "head":
+            head_end = elapsed
+    return rows, (head_end if boundary is not None else None)
+
+
+CURVE_PANELS = (("loss", "loss"), ("accuracy", "accuracy"), ("lr", "learning rate"))
+
+
+def curves_figure(histories: dict[str, list[dict[str, Any]]], x_axis: str = "epoch", smoothing: float = 0.0,
+                  show_lr: bool = True) -> go.Figure:
+    """Loss and accuracy (train solid, validation dashed) and the learning rate, stages joined.
+
+    Args:
+        histories: run label → `history.csv` rows.
+        x_axis: `epoch` (both stages on one epoch axis) or `time` (wall-clock seconds of training).
+        smoothing: exponential-moving-average weight in [0, 1) for loss and accuracy.
+        show_lr: add the learning-rate panel (log scale).
+    """
+    panels = CURVE_PANELS if show_lr else CURVE_PANELS[:2]
+    figure = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.07,
+                           subplot_titles=[title for _, title in panels])
+    boundaries: dict[float, list[str]] = {}
     for index, (label, history) in enumerate(histories.items()):
-        rows, boundary = with_global_epochs(history)
+        rows, boundary = with_positions(history, x_axis)
         if boundary is not None:
-            boundaries.setdefault(boundary, []).append(index)
-        for col, metric in ((1, "loss"), (2, "accuracy")):
-            for prefix, dash in (("", "solid"), ("val_", "dash")):
-                points = [(row["step"], row[prefix + metric], row["stage"]) for row in rows
-                          if row.get(prefix + metric) is not None]
+            boundaries.setdefault(round(boundary, 3), []).append(label)
+        for col, (metric, _) in enumerate(panels, start=1):
+            for prefix, dash in (("", "solid"), ("val_", "dash")) if metric != "lr" else (("", "dot"),):
+                points = [(row["x"], row[prefix + metric], row["stage"]) for row in rows
+                          if isinstance(row.get(prefix + metric), (int, float))]
                 if not points:
                     continue
                 x, y, stage = zip(*points)
+                shown = smooth(list(y), smoothing) if smoothing and metric != "lr" else list(y)
                 figure.add_trace(go.Scatter(
-                    x=x, y=y, customdata=stage, mode="lines+markers",
-                    name=f"{label} · {'val' if prefix else 'train'}",
+                    x=list(x), y=shown, customdata=list(zip(stage, y)), mode="lines+markers",
+                    name=f"{label} · {'val' if prefix else 'train'}" if metric != "lr" else f"{label} · lr",
                     legendgroup=label, showlegend=col == 1,
                     line={"color": color(index), "dash": dash}, marker={"size": 5},
-                    hovertemplate=f"{label}<br>%{{customdata}} · {prefix}{metric} %{{y:.4f}}<extra></extra>",
+                    hovertemplate=f"{label}<br>%{{customdata[0]}} · {prefix}{metric} %{{customdata[1]:.4g}}"
+                                  "<extra></extra>",
                 ), row=1, col=col)
-    for boundary, indices in boundaries.items():
-        # One shared line when the runs agree; otherwise one per run in its colour.
-        line_color = "gray" if len(indices) == len(histories) or len(boundaries) == 1 else color(indices[0])
-        for col, xref in ((1, "x"), (2, "x2")):
-            figure.add_vline(x=boundary, line={"color": line_color, "dash": "dot", "width": 1.5},
-                             row=1, col=col)
-            figure.add_annotation(x=boundary, y=1.0, xref=xref, yref="paper", text="head → finetune",
-                                  showarrow=False, yanchor="bottom", font={"size": 11, "color": line_color})
-    figure.update_xaxes(title_text="epoch (both stages)", dtick=1 if _max_step(histories) <= 30 else None)
-    figure.update_yaxes(title_text="loss", rangemode="tozero", row=1, col=1)
-    figure.update_yaxes(title_text="accuracy", row=1, col=2)
-    figure.update_layout(height=420, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.2},
+    _mark_boundaries(figure, boundaries, len(panels))
+    title = "epoch (both stages)" if x_axis != "time" else "training time (s)"
+    dtick = 1 if x_axis != "time" and _max_step(histories) <= 30 else None
+    figure.update_xaxes(title_text=title, dtick=dtick)
+    figure.update_yaxes(rangemode="tozero", row=1, col=1)
+    if show_lr:
+        figure.update_yaxes(type="log", exponentformat="e", row=1, col=3)
+    figure.update_layout(height=430, margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.22},
                          hovermode="closest")
     return figure
 
 
 def _max_step(histories) -> int:
     return max((len(history) for history in histories.values()), default=0)
+
+
+def _mark_boundaries(figure: go.Figure, boundaries: dict[float, list[str]], panels: int) -> None:
+    """One dotted line per distinct head → finetune boundary in every panel, labelled once, inside
+    the loss panel along the line (never over the plotly toolbar); hover names the runs."""
+    for boundary, labels in sorted(boundaries.items()):
+        for col in range(1, panels + 1):
+            figure.add_vline(x=boundary, line={"color": "gray", "dash": "dot", "width": 1.5}, row=1, col=col)
+        figure.add_annotation(x=boundary, y=0.02, xref="x", yref="y domain", text="head → finetune",
+                              textangle=-90, xanchor="right", yanchor="bottom", showarrow=False,
+                              font={"size": 10, "color": "gray"}, hovertext=", ".join(labels))
 
 
 # ---- confusion matrices ---------------------------------------------------------
@@ -157,21 +206,28 @@ def confusion_figure(matrix, class_names: list[str], normalise: bool = False, ti
 
 
 def difference_figure(matrix_a, matrix_b, class_names: list[str], label_a: str, label_b: str) -> go.Figure:
-    """Row-normalised B − A: blue where B puts more of a true class, red where fewer."""
+    """Row-normalised B − A, coloured by better (green) or worse (red) for B.
+
+    More of a true class on the diagonal is better; more in an off-diagonal cell (a confusion) is
+    worse. The cells show the signed change.
+    """
     a, b = row_normalise(np.asarray(matrix_a, dtype=float)), row_normalise(np.asarray(matrix_b, dtype=float))
     names = class_labels(class_names, a.shape[0])
     delta = b - a
+    gain = np.where(np.eye(len(delta), dtype=bool), delta, -delta)  # > 0: B is better there
     limit = max(float(np.abs(delta).max()), 1e-6)
     text = [[f"{value:+.0%}" if abs(value) >= 0.005 else "" for value in row] for row in delta]
+    verdict = [["better" if g > 0 else "worse" if g < 0 else "same" for g in row] for row in gain]
     figure = go.Figure(go.Heatmap(
-        z=delta.tolist(), x=names, y=names, text=text, texttemplate="%{text}", colorscale="RdBu",
-        zmid=0, zmin=-limit, zmax=limit, colorbar={"title": "Δ rate", "tickformat": "+.0%"},
-        hovertemplate="true %{y}<br>predicted %{x}<br>Δ %{z:+.1%}<extra></extra>",
+        z=gain.tolist(), x=names, y=names, text=text, texttemplate="%{text}", customdata=verdict,
+        colorscale=[[0.0, "#b2182b"], [0.5, "#f7f7f7"], [1.0, "#1a9850"]], zmid=0, zmin=-limit, zmax=limit,
+        colorbar={"title": f"for {label_b}", "tickvals": [-limit, 0, limit], "ticktext": ["worse", "same", "better"]},
+        hovertemplate="true %{y}<br>predicted %{x}<br>Δ %{text} (%{customdata})<extra></extra>",
     ))
     figure.update_yaxes(autorange="reversed", title_text="true class", type="category")
     figure.update_xaxes(title_text="predicted class", type="category", tickangle=-35)
-    figure.update_layout(title=f"{label_b} − {label_a} (row-normalised)", height=480,
-                         margin={"t": 40, "b": 10})
+    figure.update_layout(title=f"{label_b} − {label_a} (row-normalised; green: better for {label_b})",
+                         height=480, margin={"t": 40, "b": 10})
     return figure
 
 
@@ -214,32 +270,72 @@ def per_class_figure(per_class: dict[str, list[dict[str, Any]]]) -> go.Figure:
     return figure
 
 
-def parallel_figure(points: list[dict[str, Any]], fields: list[str]) -> go.Figure:
-    """Parallel coordinates: one line per run across `fields`, ending at test accuracy.
+def axis_label(key: str, keys: list[str]) -> str:
+    """A short axis title: `dropout`, or `head · epochs` when another group has an `epochs` too."""
+    leaf = key.split(".")[-1]
+    clash = sum(other.split(".")[-1] == leaf for other in keys) > 1
+    name = leaf.replace("_", " ")
+    return f"{key.split('.')[0]} · {name}" if clash and "." in key else name
+
+
+def short_value(value: Any, limit: int = 16) -> str:
+    """A category as a tick label: paths by their file name, long text cut with an ellipsis."""
+    text = str(value)
+    if "/" in text:
+        text = text.rstrip("/").rsplit("/", 1)[-1]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def parallel_figure(points: list[dict[str, Any]], fields: list[str], metric: str = "test_accuracy",
+                    metric_label: str = "test accuracy") -> go.Figure:
+    """Parallel coordinates: one line per run across `fields`, ending at the metric.
 
     Args:
-        points: dicts with the flat config values, `test_accuracy` and `run`.
+        points: dicts with the flat config values, the metric and `run`.
         fields: config keys to show; text and bool fields get categorical axes.
     """
     dimensions = []
     for key in fields:
         values = [point.get(key) for point in points]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if numeric:
-            dimensions.append({"label": key, "values": [float(v) for v in values]})
+        label = axis_label(key, fields)
+        if _numeric(values):
+            dimensions.append({"label": label, "values": [float(v) for v in values]})
             continue
         categories = sorted({str(v) for v in values})
         codes = [categories.index(str(v)) for v in values]
-        dimensions.append({"label": key, "values": codes, "tickvals": list(range(len(categories))),
-                               "ticktext": categories, "range": [-0.5, len(categories) - 0.5]})
-    accuracy = [point["test_accuracy"] for point in points]
-    dimensions.append({"label": "test accuracy", "values": accuracy})
+        dimensions.append({"label": label, "values": codes, "tickvals": list(range(len(categories))),
+                           "ticktext": [short_value(c) for c in categories],
+                           "range": [-0.5, len(categories) - 0.5]})
+    scores = [point[metric] for point in points]
+    dimensions.append({"label": metric_label, "values": scores})
     figure = go.Figure(go.Parcoords(
-        dimensions=dimensions,
-        line={"color": accuracy, "colorscale": "Viridis", "showscale": True,
-              "colorbar": {"title": "test acc"}},
+        dimensions=dimensions, labelangle=-20, labelside="top",
+        line={"color": scores, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": metric_label}},
     ))
-    figure.update_layout(height=420, margin={"t": 60, "l": 60, "r": 60, "b": 30})
+    figure.update_layout(height=440, margin={"t": 90, "l": 70, "r": 70, "b": 30})
+    return figure
+
+
+def scatter_figure(points: list[dict[str, Any]], field: str, metric: str = "test_accuracy",
+                   metric_label: str = "test accuracy", log_x: bool = False) -> go.Figure:
+    """One config field against a metric, a labelled point per run (categorical fields as categories)."""
+    values = [point.get(field) for point in points]
+    numeric = _numeric(values)
+    x = values if numeric else [short_value(v) for v in values]
+    figure = go.Figure(go.Scatter(
+        x=x, y=[point[metric] for point in points], mode="markers+text",
+        text=[point.get("label", point["run"]) for point in points], textposition="top center",
+        marker={"size": 11, "color": [color(i) for i in range(len(points))]},
+        hovertemplate="%{text}<br>" + field + " %{x}<br>" + metric_label + " %{y:.4f}<extra></extra>",
+    ))
+    figure.update_xaxes(title_text=axis_label(field, [field]) + (" (log)" if log_x and numeric else ""),
+                        type="log" if log_x and numeric else None if numeric else "category")
+    figure.update_yaxes(title_text=metric_label)
+    figure.update_layout(height=380, margin={"t": 20, "b": 40})
     return figure
 
 

@@ -151,9 +151,14 @@ def summarise_all(runs_dir) -> list[RunSummary]:
 
 
 def newest_first(summaries: list[RunSummary]) -> list[RunSummary]:
-    """By creation time, then id (ids start with a one-second timestamp, so two runs queued in the
-    same second would otherwise come out in random order)."""
-    return sorted(summaries, key=lambda s: (str(s.status.get("created_at") or ""), s.run_id), reverse=True)
+    """By when each run was (last) queued, else created, then id. Ids and `created_at` have
+    one-second resolution; `queued_at` (the launcher's float time) orders runs queued in one second."""
+    def moment(summary: RunSummary) -> float:
+        queued = _number(summary.status.get("queued_at"))
+        created = _time(summary.status.get("created_at"))
+        return queued if queued is not None else created.timestamp() if created else 0.0
+
+    return sorted(summaries, key=lambda s: (moment(s), s.run_id), reverse=True)
 
 
 def _number(value) -> float | None:
@@ -176,6 +181,27 @@ def differing_fields(summaries: list[RunSummary]) -> list[str]:
     keys = list(dict.fromkeys(key for flat in flats for key in flat))
     return [key for key in keys if key not in IGNORED_FIELDS
             and len({repr(flat.get(key)) for flat in flats}) > 1]
+
+
+# Fields that differ between runs without being what the experiment varies (limits, caches, paths).
+NOISE_FIELDS = ("preset", "cache_dir", "cache_memory_gb", "feature_cache", "boundary_cache", "data.data_dir",
+                "data.train_limit", "data.test_limit", "data.strict")
+MAX_DEFAULT_AXES = 8
+
+
+def hyperparameter_axes(summaries: list[RunSummary]) -> tuple[list[str], list[str]]:
+    """(default axes, every choice) for the Hyperparameters view of these runs.
+
+    The default is the fields that differ and matter (not the `NOISE_FIELDS`), at most
+    `MAX_DEFAULT_AXES`; the choices are every config field, the differing ones first.
+    """
+    differing = differing_fields(summaries)
+    default = [key for key in differing if key not in NOISE_FIELDS][:MAX_DEFAULT_AXES]
+    every = list(dict.fromkeys(key for s in summaries for key in s.flat_config if key not in IGNORED_FIELDS))
+    choices = differing + [key for key in every if key not in differing]
+    if not default:
+        default = [key for key in KEY_FIELDS if key in choices][:3]
+    return default, choices
 
 
 def format_duration(seconds: float | None) -> str:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from explorer import figures, session, tables
+from explorer import figures, forms, session, tables
 
 runs_dir = session.runs_dir()
 st.title("Compare runs")
@@ -35,12 +35,23 @@ curves_tab, confusion_tab, per_class_tab, params_tab = st.tabs(
 
 with curves_tab:
     histories = {s.label: s.run.history() for s in chosen}
+    without = [s for s in chosen if not histories[s.label]]
     histories = {label: rows for label, rows in histories.items() if rows}
+    axis_col, smooth_col, lr_col = st.columns([1, 1, 1], vertical_alignment="bottom")
+    x_axis = axis_col.radio("x axis", ["epoch", "wall clock"], horizontal=True, key="curves:x")
+    smoothing = smooth_col.slider("Smoothing", 0.0, 0.9, 0.0, 0.1, key="curves:smooth",
+                                  help="Exponential moving average of loss and accuracy (0: raw).")
+    show_lr = lr_col.checkbox("Learning rate", value=True, key="curves:lr")
     if histories:
-        st.plotly_chart(figures.curves_figure(histories), key="curves")
-        st.caption("Solid: training, dashed: validation. The dotted line marks the head → finetune boundary.")
+        st.plotly_chart(figures.curves_figure(histories, "time" if x_axis == "wall clock" else "epoch",
+                                              smoothing, show_lr), key="curves")
+        st.caption("Solid: training, dashed: validation, dotted: learning rate. A dotted vertical line marks "
+                   "each distinct head → finetune boundary (hover its label for the runs).")
     else:
         st.info("No epoch history for the selected runs yet.")
+    if without:
+        st.caption("No epochs recorded yet (not plotted): "
+                   + ", ".join(f"{s.label} ({s.state})" for s in without))
 
 with_matrix = [(s, figures.as_matrix((s.metrics or {}).get("confusion_matrix"))) for s in chosen]
 with_matrix = [(s, m) for s, m in with_matrix if m is not None]
@@ -122,12 +133,29 @@ with per_class_tab:
     else:
         st.info("No per-class metrics for the selected runs.")
 
+METRICS = {"test accuracy": "test_accuracy", "macro F1": "macro_f1"}
+
 with params_tab:
-    done = [s for s in summaries if s.state == "completed" and s.test_accuracy is not None and s.config]
+    done = [s for s in chosen if s.state == "completed" and s.test_accuracy is not None and s.config]
     if len(done) < 2:
-        st.info("The parallel-coordinates plot needs at least two completed runs.")
+        st.info("Select at least two completed runs above to compare their hyperparameters.")
     else:
-        varying = tables.differing_fields(done) or [k for k in tables.KEY_FIELDS if k in done[0].flat_config]
-        points = [{**s.flat_config, "test_accuracy": s.test_accuracy, "run": s.run_id} for s in done]
-        st.plotly_chart(figures.parallel_figure(points, varying), key="parallel")
-        st.caption(f"All {len(done)} completed runs; axes are the config fields that differ between them.")
+        default, choices = tables.hyperparameter_axes(done)
+        if any(key not in choices for key in st.session_state.get("params:axes", [])):
+            st.session_state.pop("params:axes")  # the selection changed under the axes picked before
+        axes_col, metric_col = st.columns([4, 1])
+        axes = axes_col.multiselect("Axes", choices, default=default, key="params:axes",
+                                    help="Default: the config fields that differ between these runs "
+                                         "(limits, caches and paths left out).")
+        metric_label = metric_col.selectbox("Metric", list(METRICS), key="params:metric")
+        metric = METRICS[metric_label]
+        points = [{**s.flat_config, "test_accuracy": s.test_accuracy, "macro_f1": s.macro_f1 or 0.0,
+                   "run": s.run_id, "label": s.label} for s in done]
+        if axes:
+            st.plotly_chart(figures.parallel_figure(points, axes, metric, metric_label), key="parallel")
+        st.caption(f"The {len(done)} completed runs selected above.")
+        if axes:
+            field = st.selectbox("Field vs metric", axes, key="params:field")
+            log_x = forms.widget_spec(forms.specs_by_key()[field]).kind == "log" if field in forms.specs_by_key() \
+                else False
+            st.plotly_chart(figures.scatter_figure(points, field, metric, metric_label, log_x), key="scatter")

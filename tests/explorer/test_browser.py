@@ -302,7 +302,7 @@ def test_launch_watch_cancel_and_compare(page, explorer):
     page.get_by_role("tab", name="Hyperparameters").click()
     parallel = page.locator(".js-plotly-plot .parcoords").first
     parallel.wait_for()
-    assert "model.head_units" in svg_texts(page.locator(".js-plotly-plot .parcoords text"))
+    assert "head units" in svg_texts(page.locator(".js-plotly-plot .parcoords text"))
     page.wait_for_timeout(800)
     shot(page, "hyperparameters.png")
 

@@ -9,12 +9,12 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer import forms, launcher, ui
+from explorer import forms, launcher, offline, ui
 from tlkit import runs
 from tlkit.config import BACKBONE_BLOCKS, PRESETS
 
 from ..helpers import REPO
-from .explorer_fixtures import APP
+from .explorer_fixtures import APP, make_completed
 
 TIMEOUT = 60
 
@@ -220,6 +220,65 @@ def test_sweep_queues_the_grid(runs_dir, no_worker):
     assert at.button(key="sweep:queue").disabled is True
 
 
+def test_form_starts_from_the_newest_run_and_presets_keep_other_edits(populated, no_worker):
+    at = app().run()  # a new session (a reload, a second tab): the newest run's config
+    assert at.text_input(key="cfg:name").value == "oom"
+    assert any("starts from the newest run" in c.value for c in at.caption)
+    at.text_input(key="cfg:name").input("mine")
+    at.text_input(key="cfg:data.data_dir").input("/elsewhere")
+    apply(at)
+    at.selectbox(key="cfg:preset").select("cpu").run()
+    assert at.text_input(key="cfg:name").value == "mine"  # not defined by presets: kept
+    assert at.text_input(key="cfg:data.data_dir").value == "/elsewhere"
+    assert at.number_input(key="cfg:data.train_limit").value is None  # smoke's limit goes with smoke
+    assert at.number_input(key="cfg:model.image_size").value == PRESETS["cpu"]["model"]["image_size"]
+    assert forms.preset_note("cpu") in [c.value for c in at.caption]
+
+
+def test_offline_copy_fills_the_data_dir_else_a_download_is_announced(runs_dir, no_worker, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TLKIT_SHARED_DIR", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras"))
+    monkeypatch.delenv(offline.DATA_DIR_ENV, raising=False)
+    at = app().run()
+    at.selectbox(key="cfg:preset").select("cpu").run()
+    assert at.text_input(key="cfg:data.data_dir").value == ""
+    warnings = " ".join(w.value for w in at.warning)
+    assert "Fashion-MNIST will be downloaded" in warnings and "Data › Data dir" in warnings
+    assert "ImageNet ResNet50 weights will be downloaded" in warnings
+
+    copy = tmp_path / "datasets" / "fashion-mnist"
+    copy.mkdir(parents=True)
+    (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    monkeypatch.setenv(offline.DATA_DIR_ENV, str(tmp_path / "datasets"))
+    at = app().run()
+    assert at.text_input(key="cfg:data.data_dir").value == str(copy.resolve())
+    assert not [w for w in at.warning if "Fashion-MNIST" in w.value]
+
+
+def test_live_strip_is_rebuilt_from_the_runs_dir_newest_first(populated, no_worker):
+    smoke = forms.build_config(forms.preset_values("smoke"))
+    older = launcher.queue_run(populated["a"].path.parent, smoke.replace(name="older"), backend="jax")
+    newer = launcher.queue_run(populated["a"].path.parent, smoke.replace(name="newer"), backend="jax")
+    for _ in range(2):  # two sessions (a reload, a second tab) show the same strip
+        at = app().run()
+        cards = [block.key for block in at.sidebar.get("flex_container") if str(block.key).startswith("card-")]
+        assert cards[:2] == [ui.card_key(newer.run_id), ui.card_key(older.run_id)]
+        (finished,) = [e for e in at.sidebar.expander if e.label.startswith("Finished · 4")]
+        assert "out of memory" in " ".join(e.value for e in finished.error)
+    at.sidebar.button(key=f"cancel:{older.run_id}").click().run()
+    assert older.status()["state"] == "cancelled"
+
+
+def test_a_run_error_names_the_form_field_not_the_flag(runs_dir, no_worker):
+    run = runs.create_run(runs_dir, "offline", state="queued")
+    run.update_status(state="failed", error="downloading Fashion-MNIST through keras.datasets failed "
+                                            "(URLError). Download the four IDX files and pass them with --data-dir")
+    at = app().run()
+    (error,) = [e.value for e in at.sidebar.error]
+    assert "the field Data › Data dir (--data-dir)" in error
+
+
 # ---- Runs -----------------------------------------------------------------------
 
 
@@ -307,7 +366,7 @@ def test_compare_renders_curves_confusion_and_summaries(populated):
 
     parallel = chart(at, "parallel")
     labels = [d["label"] for d in parallel["data"][0]["dimensions"]]
-    assert "model.dropout" in labels and labels[-1] == "test accuracy"
+    assert "dropout" in labels and labels[-1] == "test accuracy"
 
 
 def test_compare_normalised_and_gallery_filter(populated):
@@ -336,6 +395,35 @@ def test_compare_survives_failed_and_corrupt_runs(populated):
     # The failed run's partial history still plots; only the completed run has a confusion matrix.
     assert "curves" in chart_keys(at)
     assert [k for k in chart_keys(at) if k.startswith("cm:")] == [f"cm:{populated['a'].run_id}"]
+
+
+def test_hyperparameters_follow_the_selection_and_the_picked_axes(populated, runs_dir):
+    third = make_completed(runs_dir, "gamma", seed=2, model={"dropout": 0.3, "head_units": 32})
+    at = compare_page([populated["a"].run_id, populated["b"].run_id])
+    parallel = chart(at, "parallel")["data"][0]
+    assert len(parallel["dimensions"][-1]["values"]) == 2  # only the two selected runs, not gamma
+    assert at.multiselect(key="params:axes").value == ["model.dropout", "finetune.unfreeze"]
+    assert "head units" not in [d["label"] for d in parallel["dimensions"]]
+    at.multiselect(key="params:axes").select("model.head_units").run()
+    labels = [d["label"] for d in chart(at, "parallel")["data"][0]["dimensions"]]
+    assert labels == ["dropout", "unfreeze", "head units", "test accuracy"]
+    scatter = chart(at, "scatter")["data"][0]
+    assert sorted(scatter["x"]) == [0.2, 0.4] and set(scatter["text"]) == {"alpha", "beta"}
+    at.multiselect(key="compare:runs").select(third.run_id).run()
+    assert len(chart(at, "parallel")["data"][0]["dimensions"][-1]["values"]) == 3
+
+
+def test_curves_note_runs_without_epochs_and_offer_time_smoothing_and_lr(populated, runs_dir):
+    empty = launcher.queue_run(runs_dir, forms.build_config(forms.preset_values("smoke")).replace(name="fresh"),
+                               backend="jax")
+    at = compare_page([populated["a"].run_id, empty.run_id])
+    assert any("No epochs recorded yet (not plotted): fresh (queued)" in c.value for c in at.caption)
+    assert any(t["name"] == "alpha · lr" for t in chart(at, "curves")["data"])
+    at.radio(key="curves:x").set_value("wall clock").run()
+    assert chart(at, "curves")["layout"]["xaxis"]["title"]["text"] == "training time (s)"
+    at.slider(key="curves:smooth").set_value(0.5).run()
+    at.checkbox(key="curves:lr").uncheck().run()
+    assert not any(t["name"].endswith(" · lr") for t in chart(at, "curves")["data"])
 
 
 def test_empty_runs_dir_shows_hints(runs_dir, no_worker):

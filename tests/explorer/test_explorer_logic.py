@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer import figures, forms, session, tables
+from explorer import figures, forms, offline, session, tables
 from tlkit.config import Config, ConfigError, field_specs
 
 from .explorer_fixtures import make_completed, make_corrupt, make_failed
@@ -31,8 +31,10 @@ def test_every_visible_field_gets_a_widget_from_its_spec():
 def test_widget_kinds_follow_type_and_range():
     widgets = {widget.key: widget for widget in forms.widget_specs()}
     assert widgets["model.dropout"].kind == "slider"
-    assert widgets["head.learning_rate"].kind == "number" and widgets["head.learning_rate"].format == "%.1e"
-    assert widgets["model.l2"].format == "%.1e"
+    log_scale = {key for key, widget in widgets.items() if widget.kind == "log"}
+    assert log_scale == {"model.l2", "head.learning_rate", "finetune.learning_rate", "head.weight_decay",
+                         "finetune.weight_decay"}
+    assert widgets["cache_memory_gb"].kind == "number"
     assert widgets["model.image_size"].kind == "number" and widgets["model.image_size"].step == 1
     assert widgets["data.train_limit"].optional
     assert widgets["augment.flip"].kind == "checkbox"
@@ -114,9 +116,12 @@ def test_format_duration():
 # ---- figures --------------------------------------------------------------------
 
 HISTORY = [
-    {"stage": "head", "epoch": 1, "loss": 1.0, "accuracy": 0.6, "val_loss": 1.1, "val_accuracy": 0.55},
-    {"stage": "head", "epoch": 2, "loss": 0.8, "accuracy": 0.7, "val_loss": None, "val_accuracy": None},
-    {"stage": "finetune", "epoch": 1, "loss": 0.6, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.75},
+    {"stage": "head", "epoch": 1, "loss": 1.0, "accuracy": 0.6, "val_loss": 1.1, "val_accuracy": 0.55,
+     "lr": 1e-3, "seconds": 4.0},
+    {"stage": "head", "epoch": 2, "loss": 0.8, "accuracy": 0.7, "val_loss": None, "val_accuracy": None,
+     "lr": 5e-4, "seconds": 3.0},
+    {"stage": "finetune", "epoch": 1, "loss": 0.6, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.75,
+     "lr": 1e-5, "seconds": 10.0},
 ]
 
 
@@ -127,8 +132,28 @@ def test_stages_share_one_epoch_axis():
     figure = figures.curves_figure({"a": HISTORY, "b": HISTORY[:2]})
     names = [trace.name for trace in figure.data]
     assert names.count("a · train") == 2 and "b · val" in names  # loss and accuracy panels
-    assert [shape.x0 for shape in figure.layout.shapes] == [2.5, 2.5]
+    assert [trace.y for trace in figure.data if trace.name == "a · lr"] == [(1e-3, 5e-4, 1e-5)]
+    assert [shape.x0 for shape in figure.layout.shapes] == [2.5, 2.5, 2.5]  # loss, accuracy, lr
 
+
+def test_one_boundary_marker_per_distinct_boundary_inside_the_plot():
+    longer_head = [{**row, "epoch": row["epoch"] + 1} if row["stage"] == "head" else row for row in HISTORY]
+    longer_head.insert(0, {**HISTORY[0], "epoch": 1})
+    figure = figures.curves_figure({"a": HISTORY, "b": HISTORY, "c": longer_head}, show_lr=False)
+    markers = [a for a in figure.layout.annotations if a.text == "head → finetune"]
+    assert sorted(a.x for a in markers) == [2.5, 3.5]
+    assert all(a.yref == "y domain" and a.y < 0.5 for a in markers)  # inside the plot, not by the toolbar
+    assert [a.hovertext for a in sorted(markers, key=lambda a: a.x)] == ["a, b", "c"]
+    assert len(figure.layout.shapes) == 4  # two boundaries × two panels
+
+
+def test_curves_on_wall_clock_time_and_smoothed():
+    figure = figures.curves_figure({"a": HISTORY}, x_axis="time", smoothing=0.5)
+    loss = next(trace for trace in figure.data if trace.name == "a · train")
+    assert list(loss.x) == [4.0, 7.0, 17.0] and figure.layout.shapes[0].x0 == 7.0  # end of the head stage
+    assert list(loss.y) == pytest.approx([1.0, 0.9, 0.75])
+    assert [raw for _, raw in loss.customdata] == [1.0, 0.8, 0.6]  # hover shows the raw values
+    assert figures.smooth([1.0, 0.0], 0.0) == [1.0, 0.0]
 
 def test_confusion_figure_cells_are_selectable():
     matrix = np.array([[5, 1], [2, 0]])
@@ -145,8 +170,11 @@ def test_confusion_figure_cells_are_selectable():
 
 def test_difference_and_matrix_parsing():
     a, b = np.array([[8, 2], [0, 10]]), np.array([[10, 0], [5, 5]])
-    delta = np.array(figures.difference_figure(a, b, ["x", "y"], "A", "B").data[0].z)
-    np.testing.assert_allclose(delta, [[0.2, -0.2], [0.5, -0.5]])
+    heatmap = figures.difference_figure(a, b, ["x", "y"], "A", "B").data[0]
+    # Coloured by better (> 0) / worse for B: the diagonal as is, confusions negated; text is the signed Δ.
+    np.testing.assert_allclose(np.array(heatmap.z), [[0.2, 0.2], [-0.5, -0.5]])
+    assert [list(row) for row in heatmap.text] == [["+20%", "-20%"], ["+50%", "-50%"]]
+    assert [list(row) for row in heatmap.customdata] == [["better", "better"], ["worse", "worse"]]
     assert figures.as_matrix("garbage") is None and figures.as_matrix([[1, 2]]) is None
     assert figures.as_matrix([[1, 2], [3, 4]]).shape == (2, 2)
 
@@ -158,8 +186,75 @@ def test_per_class_and_parallel_figures():
     points = [{"model.dropout": 0.2, "finetune.unfreeze": "conv5", "test_accuracy": 0.8},
               {"model.dropout": 0.4, "finetune.unfreeze": "16", "test_accuracy": 0.9}]
     dims = figures.parallel_figure(points, ["model.dropout", "finetune.unfreeze"]).data[0].dimensions
-    assert [d.label for d in dims] == ["model.dropout", "finetune.unfreeze", "test accuracy"]
+    assert [d.label for d in dims] == ["dropout", "unfreeze", "test accuracy"]
     assert list(dims[1].ticktext) == ["16", "conv5"] and list(dims[1].values) == [1, 0]
+    assert figures.axis_label("head.epochs", ["head.epochs", "finetune.epochs"]) == "head · epochs"
+    assert figures.short_value("/data/weights/resnet50_imagenet_notop.weights.h5") == "resnet50_imagen…"
+    scatter = figures.scatter_figure([{**p, "run": f"r{i}"} for i, p in enumerate(points)], "model.dropout")
+    assert list(scatter.data[0].x) == [0.2, 0.4] and list(scatter.data[0].text) == ["r0", "r1"]
+
+
+def test_hyperparameter_axes_default_to_differing_fields_that_matter(runs_dir):
+    a = make_completed(runs_dir, "a", model={"dropout": 0.2}, data={"train_limit": 500})
+    b = make_completed(runs_dir, "b", model={"dropout": 0.4}, data={"train_limit": 800})
+    default, choices = tables.hyperparameter_axes([tables.summarise(a), tables.summarise(b)])
+    assert default == ["model.dropout"]
+    assert choices[:2] == ["data.train_limit", "model.dropout"] and "head.epochs" in choices
+
+
+# ---- form checks, presets, offline copies -----------------------------------------
+
+
+def test_log_grid_spans_decades_with_zero_when_allowed():
+    assert forms.log_grid(1e-5, 1e-3) == (1e-5, 2e-5, 3e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3)
+    assert forms.log_grid(0.0, 1.0)[:2] == (0.0, 1e-7)
+    widget = forms.widget_spec(forms.specs_by_key()["head.learning_rate"])
+    assert 3.5e-4 in forms.log_options(widget, 3.5e-4) and forms.format_log(3.5e-4) == "3.5e-04"
+
+
+def test_field_problems_name_the_form_field():
+    values = forms.preset_values("smoke")
+    assert forms.field_problems(values) == {}
+    problems = forms.field_problems({**values, "data.train_limit": 5, "model.image_size": "big"})
+    assert problems == {"data.train_limit": "Data › Train limit: 5 is outside the allowed range [20, inf]",
+                        "model.image_size": "Model › Image size: cannot read 'big' as int"}
+    problems = forms.field_problems({**values, "head.epochs": 0, "finetune.epochs": 0})
+    assert list(problems) == ["head.epochs"] and "Finetune › Epochs" in problems["head.epochs"]
+    assert forms.name_form_fields("pass it with --data-dir") == "pass it with the field Data › Data dir (--data-dir)"
+
+
+def test_switching_presets_changes_only_what_the_new_preset_defines():
+    values = {**forms.preset_values("smoke"), "name": "mine", "data.data_dir": "/data", "model.dropout": 0.45}
+    switched = forms.switch_preset(values, "smoke", "cpu")
+    cpu = forms.preset_values("cpu")
+    assert switched["name"] == "mine" and switched["data.data_dir"] == "/data"  # not in any preset
+    assert switched["model.dropout"] == cpu["model.dropout"]  # cpu defines it
+    assert switched["data.train_limit"] is None  # only smoke set it; unedited, so it follows cpu
+    assert switched["preset"] == "cpu"
+    weights = {**cpu, "model.weights": "/w/resnet50.weights.h5"}
+    assert forms.switch_preset(weights, "cpu", "seed")["model.weights"] == "/w/resnet50.weights.h5"
+    assert forms.switch_preset(weights, "cpu", "smoke")["model.weights"] == "none"
+    assert all(forms.preset_note(name) for name in forms.PRESETS)
+
+
+def test_offline_copies_are_found_next_to_the_project_or_in_the_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLKIT_SHARED_DIR", str(tmp_path / "shared"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv(offline.DATA_DIR_ENV, raising=False)
+    values = {**forms.preset_values("cpu"), "data.data_dir": None}
+    assert offline.find_data_dir("fashion_mnist") is None and len(offline.download_warnings(values)) == 2
+    copy = tmp_path / "shared" / "data" / "fashion-mnist"
+    copy.mkdir(parents=True)
+    (copy / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    weights = tmp_path / "shared" / "weights" / offline.RESNET50_WEIGHTS
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    filled = offline.machine_defaults(values)
+    assert filled["data.data_dir"] == str(copy) and filled["model.weights"] == str(weights)
+    assert offline.download_warnings(filled) == []
+    assert offline.machine_defaults({**values, "data.data_dir": "/mine"})["data.data_dir"] == "/mine"
+    monkeypatch.setenv(offline.DATA_DIR_ENV, str(copy))
+    assert offline.find_data_dir("fashion_mnist") == copy and offline.find_data_dir("cifar10") is None
 
 
 def test_misclassified_subset_filters_and_orders():

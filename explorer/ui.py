@@ -371,9 +371,13 @@ def outcome(summary: tables.RunSummary) -> str:
     return summary.state
 
 
-def run_card(summary: tables.RunSummary) -> None:
-    """One run's live state, compact enough for the sidebar: progress, metrics, result or error, Cancel."""
-    with st.container(border=True, key=card_key(summary.run_id)):
+def run_card(summary: tables.RunSummary, scope: str = "") -> None:
+    """One run's live state, compact enough for the sidebar: progress, metrics, result or error, Cancel.
+
+    `scope` keeps keys apart when a page shows a run that the sidebar's strip shows too.
+    """
+    prefix = f"{scope}:" if scope else ""
+    with st.container(border=True, key=(f"{scope}-" if scope else "") + card_key(summary.run_id)):
         icon = tables.STATE_ICONS[summary.state]
         st.markdown(f"{icon} **{summary.label}** · {summary.state}"
                     f"{' · ' + summary.backend if summary.backend else ''}",
@@ -385,7 +389,7 @@ def run_card(summary: tables.RunSummary) -> None:
             metrics = _last_metrics(summary.run.history())
             if metrics:
                 st.caption(metrics)
-            if st.button("Cancel", key=f"cancel:{summary.run_id}", icon=":material/stop_circle:"):
+            if st.button("Cancel", key=f"cancel:{prefix}{summary.run_id}", icon=":material/stop_circle:"):
                 st.toast(launcher.cancel_run(summary.run))
         elif summary.state == "completed":
             st.markdown(outcome(summary))
@@ -402,7 +406,7 @@ FINISHED_SHOWN = 8
 def live_strip(runs_dir) -> None:
     """The sidebar's live view, rebuilt from the runs dir every 2 s (so a reload or a second tab
     shows the same): queue and worker line, queued and running runs newest first, and the
-    latest finished runs folded in an expander whose title says how the last one ended."""
+    latest finished runs folded in an expander, under a line that says how the last one ended."""
     summaries = tables.newest_first(tables.summarise_all(runs_dir))
     live = [s for s in summaries if s.state in ("queued", "running")]
     finished = [s for s in summaries if s.state not in ("queued", "running")]
@@ -413,7 +417,9 @@ def live_strip(runs_dir) -> None:
         run_card(summary)
     if finished:
         last = finished[0]
-        with st.expander(f"Finished · {len(finished)} · last: {last.label} {outcome(last)}", key="finished"):
+        st.caption(f"Finished · {len(finished)} · last: {last.label}, {outcome(last)}")
+        # A constant label: a changing one would make a new expander, closed again, every refresh.
+        with st.expander("Finished runs", key="finished"):
             for summary in finished[:FINISHED_SHOWN]:
                 run_card(summary)
             if len(finished) > FINISHED_SHOWN:
@@ -441,7 +447,7 @@ def run_details(summary: tables.RunSummary) -> None:
     if summary.state == "cancelled":
         st.info(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
     elif summary.error:
-        st.error(f"{summary.state}: {summary.error}")
+        st.error(f"{summary.state}: {forms.name_form_fields(summary.error)}")
     if summary.state in ("crashed", "failed", "cancelled") and (summary.status.get("completed_stages")
                                                                  or summary.state == "crashed"):
         if st.button("Resume", key=f"resume:{run.run_id}", help="Queue it again; the trainer continues after "

@@ -56,6 +56,6 @@ if by_id:
                           format_func=lambda i: f"{i} · {by_id[i].state}")
     summary = by_id[run_id]
     if summary.state in ("queued", "running"):
-        ui.run_card(summary)
+        ui.run_card(summary, scope="details")
     ui.run_details(summary)
     ui.delete_control(summary)

@@ -194,6 +194,7 @@ def open_finished(page) -> None:
     finished.wait_for()
     if finished.get_attribute("open") is None:
         finished.locator("summary").click()
+    assert wait_until(lambda: finished.get_attribute("open") is not None, timeout=10, interval=0.2)
 
 
 def test_launch_watch_cancel_and_compare(page, explorer):

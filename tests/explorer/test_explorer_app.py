@@ -264,7 +264,8 @@ def test_live_strip_is_rebuilt_from_the_runs_dir_newest_first(populated, no_work
         at = app().run()
         cards = [block.key for block in at.sidebar.get("flex_container") if str(block.key).startswith("card-")]
         assert cards[:2] == [ui.card_key(newer.run_id), ui.card_key(older.run_id)]
-        (finished,) = [e for e in at.sidebar.expander if e.label.startswith("Finished · 4")]
+        assert any(c.value.startswith("Finished · 4 · last: ") for c in at.sidebar.caption)
+        (finished,) = [e for e in at.sidebar.expander if e.label == "Finished runs"]
         assert "out of memory" in " ".join(e.value for e in finished.error)
     at.sidebar.button(key=f"cancel:{older.run_id}").click().run()
     assert older.status()["state"] == "cancelled"
@@ -320,6 +321,15 @@ def test_runs_filter_and_details_of_broken_runs(populated):
     at.multiselect(key="runs:states").unselect("failed").select("unknown").run()
     assert not at.exception
     assert any("config.json is missing or unreadable" in w.value for w in at.warning)
+
+
+def test_runs_page_shows_a_live_run_beside_the_strip(populated, runs_dir, no_worker):
+    run = launcher.queue_run(runs_dir, forms.build_config(forms.preset_values("smoke")), backend="jax")
+    at = runs_page()
+    at.selectbox(key="runs:detail").select(run.run_id).run()
+    assert not at.exception  # the same card in the page and in the sidebar, under different keys
+    at.button(key=f"cancel:details:{run.run_id}").click().run()
+    assert run.status()["state"] == "cancelled"
 
 
 def test_delete_asks_for_confirmation(populated):

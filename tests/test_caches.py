@@ -2,11 +2,13 @@
 
 import tracemalloc
 
+import keras
 import numpy as np
 import pytest
 
 import tlkit
-from tlkit.caches import all_finite
+from tlkit import runs
+from tlkit.caches import PredictProgress, all_finite, predict_in_chunks
 from tlkit.data import load_splits
 
 from .helpers import smoke_config
@@ -150,3 +152,36 @@ def test_a_head_stage_cancelled_mid_way_resumes_to_the_uninterrupted_model(synth
     assert [(r["stage"], r["epoch"]) for r in run.history()] == [("head", e) for e in (1, 2, 3, 4)] + [("finetune", 1)]
     assert run.history()[:2] == before  # the finished epochs' rows stay exactly as they were
     np.testing.assert_allclose(predictions(run), predictions(straight), atol=1e-6)
+
+
+def test_predictions_report_progress_batch_by_batch(monkeypatch):
+    monkeypatch.setattr(PredictProgress, "INTERVAL", 0.0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    images = np.random.default_rng(0).normal(size=(100, 4)).astype("float32")
+    reported = []
+    (outputs,) = predict_in_chunks(model, images, 8, [np.empty((100, 2), "float32")], reported.append, chunk=48)
+    assert reported == sorted(reported) and reported[-1] == 1.0 and len(reported) >= 13  # 13 batches, 3 chunks
+    np.testing.assert_allclose(outputs, model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_every_phase_reports_progress_and_eta_in_status(synthetic_data_dir, tmp_path, monkeypatch):
+    # Cache extraction, fitting and evaluation each report while they run (here after every batch).
+    monkeypatch.setattr(PredictProgress, "INTERVAL", 0.0)
+    updates = []
+    record = runs.Run.update_status
+
+    def recording(self, **fields):
+        updates.append(fields)
+        return record(self, **fields)
+
+    monkeypatch.setattr(runs.Run, "update_status", recording)
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), batch_size=16,
+                          head={"epochs": 2}, finetune={"epochs": 1})
+    tlkit.fit(config, verbose=0)
+    activities = [u["activity"] for u in updates if u.get("activity")]
+    assert any(a.startswith("features (train)") for a in activities), activities
+    assert any(a.startswith("evaluating") for a in activities), activities
+    assert updates[-2]["activity"] is None  # the last evaluation report clears it
+    fitting = [u for u in updates if "epoch" in u and "progress" in u and u["progress"] > 0]
+    assert fitting and all(u["elapsed_s"] >= 0 for u in fitting)
+    assert any(u["eta_s"] is not None and u["eta_s"] > 0 for u in fitting)

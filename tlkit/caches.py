@@ -163,17 +163,44 @@ def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, o
                       on_progress: Progress | None = None, chunk: int = 4096) -> list[np.ndarray]:
     """Fills the preallocated `outputs` with `model`'s outputs on `images`, a chunk at a time.
 
-    Chunks bound the float32 temporaries (outputs may be float16) and let long
-    extractions report progress.
+    Chunks bound the float32 temporaries (outputs may be float16); `on_progress` hears the
+    fraction done every `PredictProgress.INTERVAL` seconds or so (batch by batch), so a long
+    extraction or evaluation never goes quiet.
     """
     for start in range(0, len(images), chunk):
-        values = model.predict(images[start:start + chunk], batch_size=batch_size, verbose=0)
+        callbacks = [PredictProgress(on_progress, start, len(images), batch_size)] if on_progress else []
+        values = model.predict(images[start:start + chunk], batch_size=batch_size, verbose=0, callbacks=callbacks)
         values = values if isinstance(values, (list, tuple)) else [values]
         for target, value in zip(outputs, values):
             target[start:start + len(value)] = value
-        if on_progress:
-            on_progress(min(start + chunk, len(images)) / len(images))
+    if on_progress:
+        on_progress(1.0)
     return outputs
+
+
+class PredictProgress(keras.callbacks.Callback):
+    """Reports the fraction of `total` images predicted, from within `model.predict`, at most every
+    `INTERVAL` seconds.
+
+    Args:
+        on_progress: called with the fraction done (0..1).
+        offset: images done before this `predict` call.
+        total: images of the whole job.
+        batch_size: the `predict` batch size.
+    """
+
+    INTERVAL = 2.0
+
+    def __init__(self, on_progress: Progress, offset: int, total: int, batch_size: int):
+        super().__init__()
+        self.report, self.offset, self.total, self.batch_size = on_progress, offset, total, batch_size
+        self._last = time.perf_counter()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self._last >= self.INTERVAL:
+            self._last = now
+            self.report(min(self.offset + (batch + 1) * self.batch_size, self.total) / self.total)
 
 
 def all_finite(array: np.ndarray, chunk_bytes: int = 1 << 22) -> bool:
@@ -284,12 +311,13 @@ class RunCaches:
             return self._record(stage, StageData(self.boundary.split.train_model, train, val, record))
         return self._record(stage, StageData(self.classifier.model, train, val, None))
 
-    def predict_from_features(self, images: np.ndarray, batch_size: int) -> np.ndarray | None:
+    def predict_from_features(self, images: np.ndarray, batch_size: int,
+                              on_progress: Progress | None = None) -> np.ndarray | None:
         """Probabilities from cached features, valid while only the head has trained; None without a store."""
         if self.store is None:
             return None
         record = self.records.setdefault("test", {})
-        features = self._features("test", images, None, record, key_name=f"test{len(record)}")
+        features = self._features("test", images, on_progress, record, key_name=f"test{len(record)}")
         probabilities = self.classifier.head_model().predict(features, batch_size=batch_size, verbose=0)
         return np.asarray(probabilities, np.float64)
 

@@ -4,8 +4,9 @@ A run lives in `<runs_dir>/<run_id>/` and holds:
 
 - `config.json`: the full resolved `Config`.
 - `status.json`: `state` (queued, running, completed, failed, cancelled, and as read:
-  crashed), `stage`,
-  `epoch`, `epochs`, `progress` 0..1, `error`, `pid`, timestamps; updated while running.
+  crashed), `stage`, `epoch`, `epochs`, `progress` 0..1, `activity` (a cache being computed,
+  the evaluation), `elapsed_s` and `eta_s` (of the stage or the activity), `error`, `pid`,
+  `host`, timestamps; updated every few seconds while running.
 - `history.csv`: one row per epoch: `stage, epoch, loss, accuracy, val_loss,
   val_accuracy, lr, seconds`.
 - `metrics.json`: `test_accuracy`, `test_loss`, `confusion_matrix`, per-class

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from tlkit import environment, runs
-from tlkit.caches import RunCaches
+from tlkit.caches import RunCaches, predict_in_chunks
 from tlkit.config import STAGES, Config, ConfigError, flatten_dict
 from tlkit.data import Splits, load_splits
 from tlkit.evaluate import classification_report, misclassified
@@ -158,7 +158,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
             continue
         epochs_before = sum(getattr(config, s).epochs for s in STAGES[:index])
         monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs)
-        run.update_status(stage=stage, epoch=0, epochs=stage_config.epochs)
+        run.update_status(stage=stage, epoch=0, epochs=stage_config.epochs, elapsed_s=0.0, eta_s=None)
         # The Keras transfer-learning recipe: freeze or unfreeze, then compile and fit.
         trainable_layers = prepare_stage(classifier, stage, getattr(stage_config, "unfreeze", ""))
         data = caches.stage_data(stage, trainable_layers, functools.partial(monitor.activity, verbose=verbose))
@@ -176,7 +176,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         shutil.rmtree(_checkpoint_dir(run, stage), ignore_errors=True)  # the stage is in model.keras now
     shutil.rmtree(run.file("checkpoints"), ignore_errors=True)
 
-    run.update_status(stage="evaluate", progress=0.98)
+    run.update_status(stage="evaluate", progress=0.98, elapsed_s=0.0, eta_s=None)
     # Cached test features are valid while the backbone is as cached: only the head has trained.
     predict = _predictor(classifier, caches if completed == ["head"] else None, config.batch_size)
     metrics = _evaluate(predict, splits, run, config.tta_flip)
@@ -229,8 +229,23 @@ def _count(weights) -> int:
 
 
 def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, total_epochs: int) -> StageMonitor:
+    """A StageMonitor whose reports land in history.csv and status.json: progress, what is running,
+    and `elapsed_s` / `eta_s` of it (a cache being computed, else the stage's epochs)."""
+    stage_started = time.perf_counter()
+    fit_origin: list[tuple[float, float]] = []  # (time, stage fraction) at the first fit report
+    activity_started: dict[str, float] = {}
+
     def overall(epoch_fraction: float) -> float:
         return round(0.97 * (epochs_before + epoch_fraction) / max(total_epochs, 1), 4)
+
+    def fit_timing(epochs_done: float) -> dict:
+        now, fraction = time.perf_counter(), epochs_done / max(epochs, 1)
+        if not fit_origin:
+            fit_origin.append((now, fraction))
+        (since, fraction_then) = fit_origin[0]
+        rate = (fraction - fraction_then) / (now - since) if now > since else 0.0
+        eta = (1 - fraction) / rate if rate > 0 else None
+        return {"elapsed_s": round(now - stage_started, 1), "eta_s": None if eta is None else round(eta, 1)}
 
     def on_epoch(report: EpochReport) -> None:
         logs = report.logs
@@ -238,27 +253,32 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
                             "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
                             "val_accuracy": logs.get("val_accuracy"), "lr": report.lr,
                             "seconds": round(report.seconds, 3)})
-        run.update_status(epoch=report.epoch, progress=overall(report.epoch),
+        run.update_status(epoch=report.epoch, progress=overall(report.epoch), **fit_timing(report.epoch),
                           last={k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
 
     def on_progress(epoch: int, fraction: float) -> None:
-        run.update_status(epoch=epoch - 1, progress=overall(epoch - 1 + fraction))
+        run.update_status(epoch=epoch - 1, progress=overall(epoch - 1 + fraction), **fit_timing(epoch - 1 + fraction))
 
     def on_activity(label: str, fraction: float) -> None:
-        run.update_status(activity=f"{label} {fraction:.0%}" if fraction < 1 else None)
+        started = activity_started.setdefault(label, time.perf_counter())
+        timing = _timing(started, fraction)
+        run.update_status(activity=f"{label} {fraction:.0%}" if fraction < 1 else None,
+                          elapsed_s=round(time.perf_counter() - stage_started, 1), eta_s=timing["eta_s"])
 
     return StageMonitor(stage, epochs, on_epoch=on_epoch, on_progress=on_progress,
                         should_stop=_cancel_requested.is_set, on_activity=on_activity)
 
 
 def _predictor(classifier: Classifier, caches: RunCaches | None, batch_size: int):
-    """images → class probabilities (float64): from cached features when `caches` is given."""
-    def predict(images: np.ndarray) -> np.ndarray:
+    """(images, on_progress) → class probabilities (float64): from cached features when `caches` is given."""
+    def predict(images: np.ndarray, on_progress) -> np.ndarray:
         if caches is not None:
-            probabilities = caches.predict_from_features(images, batch_size)
+            probabilities = caches.predict_from_features(images, batch_size, on_progress)
             if probabilities is not None:
                 return probabilities
-        return np.asarray(classifier.model.predict(images, batch_size=batch_size, verbose=0), np.float64)
+        outputs = [np.empty((len(images), int(classifier.model.output.shape[-1])), np.float32)]
+        predict_in_chunks(classifier.model, images, batch_size, outputs, on_progress)
+        return outputs[0].astype(np.float64)
 
     return predict
 
@@ -266,10 +286,21 @@ def _predictor(classifier: Classifier, caches: RunCaches | None, batch_size: int
 def _evaluate(predict, splits: Splits, run: runs.Run, tta_flip: bool = False) -> dict:
     """Test-set metrics; with `tta_flip`, averaged over each image and its mirror image."""
     start = time.perf_counter()
-    probabilities = predict(splits.test.images)
+    passes = 2 if tta_flip else 1
+
+    def progress(done_passes: int):
+        def report(fraction: float) -> None:
+            if _cancel_requested.is_set():
+                raise RunCancelled("cancelled while evaluating")
+            overall = (done_passes + fraction) / passes
+            run.update_status(activity=f"evaluating {overall:.0%}" if overall < 1 else None,
+                              **_timing(start, overall))
+        return report
+
+    probabilities = predict(splits.test.images, progress(0))
     if tta_flip:
         # Mirroring the source image equals mirroring the resized image (the resize is symmetric).
-        probabilities = (probabilities + predict(splits.test.images[:, :, ::-1])) / 2
+        probabilities = (probabilities + predict(splits.test.images[:, :, ::-1], progress(1))) / 2
     seconds = time.perf_counter() - start
     report = classification_report(splits.test.labels, probabilities, splits.class_names)
     wrong = misclassified(splits.test.labels, probabilities)
@@ -279,6 +310,13 @@ def _evaluate(predict, splits: Splits, run: runs.Run, tta_flip: bool = False) ->
     report["evaluate_seconds"] = round(seconds, 2)
     report["evaluate_images_per_second"] = len(splits.test) / seconds if seconds else None
     return report
+
+
+def _timing(started: float, fraction: float) -> dict:
+    """status.json's `elapsed_s` and `eta_s` of the current stage or phase (eta None until measurable)."""
+    elapsed = time.perf_counter() - started
+    eta = elapsed * (1 - fraction) / fraction if 0.01 <= fraction < 1 else (0.0 if fraction >= 1 else None)
+    return {"elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1)}
 
 
 def _for_gallery(images: np.ndarray) -> np.ndarray:

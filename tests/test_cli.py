@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tlkit
-from tlkit import runs
+from tlkit import environment, runs
 from tlkit.cli import build_parser, main
 from tlkit.data import load_splits
 from tlkit.evaluate import confusion_matrix
@@ -39,6 +39,7 @@ def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     result = run_cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--name", "cli test",
                      "--head-epochs", "2", "--unfreeze", "conv4", preexec_fn=lambda: os.umask(0o027))
     assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if environment.NATIVE_NOISE.search(line)]
     run = only_run(runs_dir)
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in run.path.iterdir() if path.is_file()}
     assert set(modes.values()) == {"0o640"} and {"model.keras", "status.json", "misclassified.npz"} <= set(modes), modes
@@ -276,3 +277,14 @@ def test_a_preset_with_an_existing_run_is_refused(tmp_path, capsys, extra, messa
 def test_resume_without_an_existing_run_is_refused(capsys):
     assert main(["--preset", "smoke", "--resume", "--dry-run"]) == 2
     assert "--resume needs --existing-run DIR" in capsys.readouterr().err
+
+
+def test_native_start_up_lines_are_filtered_and_everything_else_passes(capfd):
+    with environment.quiet_native_startup():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795980407.577248   11130 port.cc:153] oneDNN custom operations are on. You may\n")
+        os.write(2, b"E0000 00:00:1795980461.542020   11234 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
+        os.write(2, b"E0000 00:00:1795980461.542020   11234 some_op.cc:52] a real native error\n")
+        print("error: a real tlkit error", file=sys.stderr)
+    assert capfd.readouterr().err == "E0000 00:00:1795980461.542020   11234 some_op.cc:52] a real native error\n" \
+        "error: a real tlkit error\n"

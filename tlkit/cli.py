@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tlkit import runs
+from tlkit import environment, runs
 from tlkit.config import PRESETS, Config, ConfigError, apply_overrides, field_specs, read_config_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -106,6 +106,11 @@ _TOP_LEVEL = {spec.key for spec in field_specs() if len(spec.path) == 1} - {"pre
 
 
 def main(argv: list[str] | None = None) -> int:
+    with environment.quiet_native_startup():  # TensorFlow's C++ start-up lines on stderr
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = resolve_config(args)

@@ -22,6 +22,9 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import re
+import sys
+import threading
 from pathlib import Path
 
 PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "keras-hub")
@@ -105,3 +108,60 @@ def resolve_precision(precision: str) -> str:
     if keras.backend.backend() in BF16_CPU_BACKENDS and cpu_has_bf16():
         return "mixed_bfloat16"
     return "float32"
+
+
+# ---- native start-up noise ---------------------------------------------------------------------
+
+# TensorFlow's C++ start-up lines: written to fd 2 below Python (logging cannot quiet them, nor can
+# TF_CPP_MIN_LOG_LEVEL in current versions) on every run, whatever the backend: Keras imports
+# TensorFlow to save a model. Only these exact messages are dropped; anything else passes.
+NATIVE_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|failed call to cuInit"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|^To enable the following instructions: .* rebuild TensorFlow"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|TF-TRT Warning: Could not find TensorRT"
+    r"|triggered tf\.function retracing"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_startup(enabled: bool = True):
+    """Filters `NATIVE_NOISE` lines out of this process's stderr (fd 2) for the `with` block.
+
+    Every other line reaches stderr as it comes. `TLKIT_NATIVE_LOGS=1` keeps everything.
+
+    Example:
+
+    ```python
+    with environment.quiet_native_startup():
+        import tensorflow  # no oneDNN / CUDA / absl lines
+    ```
+    """
+    if not enabled or os.environ.get("TLKIT_NATIVE_LOGS"):
+        yield
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not NATIVE_NOISE.search(line.decode("utf-8", "replace")):
+                    os.write(original, line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last write end closes: the forwarder drains it and ends
+        forwarder.join(timeout=5)
+        os.close(original)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit import runs
+from tlkit import environment, runs
 
 FORMATS = ("keras", "tf_saved_model", "onnx")
 SUFFIXES = {"keras": ".keras", "tf_saved_model": "", "onnx": ".onnx"}
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with environment.quiet_native_startup():  # TensorFlow's C++ start-up lines on stderr
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = export_model(args.run, args.format, args.out, args.tolerance)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit import runs
+from tlkit import environment, runs
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with environment.quiet_native_startup():  # TensorFlow's C++ start-up lines on stderr
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         print("error: --top-k and --batch-size must be at least 1", file=sys.stderr)

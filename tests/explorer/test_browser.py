@@ -236,6 +236,10 @@ def test_launch_watch_cancel_and_compare(page, explorer):
     live = [key for key in strip.evaluate_all("nodes => nodes.map(n => n.className)")]
     order = [run.run_id for run in (second, first) if any(ui.card_key(run.run_id) in k for k in live)]
     assert order and order[0] == second.run_id  # newest first (the first may have finished already)
+    other_tab = page.context.new_page()  # a second tab shows the same strip
+    other_tab.goto(explorer["url"])
+    card(other_tab, second).wait_for(timeout=60_000)
+    other_tab.close()
 
     page.get_by_text("Finished · 2").wait_for(timeout=RUN_TIMEOUT_MS)
     open_finished(page)
@@ -246,6 +250,7 @@ def test_launch_watch_cancel_and_compare(page, explorer):
         assert status["state"] == "completed", run.log_tail()
         assert status["backend"] == os.environ.get("KERAS_BACKEND", "jax")
         assert len(run.history()) == 2 and run.metrics()["confusion_matrix"]
+    assert first.config()["data"]["data_dir"] == (data_dir or None)  # the detected copy, used as is
 
     # ---- Cancel a running run ----
     fill(page, "Epochs", "30", nth=0)  # head epochs: long enough to cancel mid-stage

@@ -31,7 +31,6 @@ def test_damaged_history_reads_the_rows_before_the_damage(tmp_path):
     ("run.json", b"[1, 2, 3]", "must hold an object of config fields at the top level"),
     ("run.json", b'"cpu"', "not a str"),
     ("run.yaml", b"model: {}", "use a .json or .toml file"),
-    ("run.json", b'{"preset": [0]}', "unknown preset"),  # found by the fuzzing below
 ])
 def test_bad_config_files_are_config_errors(tmp_path, name, content, message):
     path = tmp_path / name
@@ -39,6 +38,14 @@ def test_bad_config_files_are_config_errors(tmp_path, name, content, message):
     with pytest.raises(ConfigError, match=message):
         read_config_file(path)
     assert main(["--config", str(path), "--dry-run"]) == 2
+
+
+def test_a_preset_key_that_is_not_a_name_is_refused(tmp_path, capsys):
+    # Found by the fuzzing below: it was a TypeError traceback.
+    path = tmp_path / "run.json"
+    path.write_text('{"preset": [0]}')
+    assert main(["--config", str(path), "--dry-run"]) == 2
+    assert "preset: unknown preset [0]" in capsys.readouterr().err
 
 
 def test_a_forged_idx_header_is_a_clear_error(tmp_path):

@@ -944,7 +944,8 @@ def load_splits(config: DataConfig, seed: int = 42, image_size: int | None = Non
         train, val = train.take(keep), train.take(held_out)
     test = test.take(stratified_subset(test.labels, config.test_limit, seed + 2))
 
-    warnings = _check_usable(train, test, config.source, class_names)
+    where = f"{config.source} in {config.data_dir}" if kind == "builtin" and config.data_dir else config.source
+    warnings = _check_usable(train, test, where, class_names)
     for warning in warnings:
         print(f"tlkit: warning: {warning}", file=sys.stderr)
     shape = [int(size) for size in train.images.shape[1:]]

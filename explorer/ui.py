@@ -353,8 +353,10 @@ def progress_line(summary: tables.RunSummary) -> str:
     if summary.state == "queued":
         return "waiting for the queue worker"
     stage, epoch, epochs = status.get("stage"), status.get("epoch"), status.get("epochs")
+    eta = status.get("eta_s")  # of the stage or the running activity; None until measurable
     parts = [f"stage **{stage}**" if stage else "", f"epoch {epoch}/{epochs}" if epochs else "",
-             status.get("activity") or ""]  # e.g. "features (train) 40%" while a cache is computed
+             status.get("activity") or "",  # e.g. "features (train) 40%" while a cache is computed
+             f"~{tables.format_duration(eta)} left" if isinstance(eta, (int, float)) and eta > 0 else ""]
     return " · ".join(part for part in parts if part) or "starting…"
 
 

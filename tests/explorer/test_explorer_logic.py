@@ -107,6 +107,16 @@ def test_runs_table_handles_every_kind_of_run(runs_dir):
     assert [s.run_id for s in tables.filter_summaries(summaries, text="BETA")] == [b.run_id]
 
 
+def test_progress_line_shows_the_trainers_eta(runs_dir):
+    from explorer import ui
+
+    run = make_failed(runs_dir)
+    run.update_status(state="running", stage="finetune", epoch=2, epochs=5, eta_s=83.0)
+    assert ui.progress_line(tables.summarise(run)) == "stage **finetune** · epoch 2/5 · ~1m23s left"
+    run.update_status(eta_s=None, activity="features (train) 40%")
+    assert ui.progress_line(tables.summarise(run)).endswith("· features (train) 40%")
+
+
 def test_format_duration():
     assert tables.format_duration(None) == ""
     assert tables.format_duration(59.6) == "1m00s"

@@ -91,9 +91,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
                 f"--existing-run {args.existing_run}: its config.json is the base config, and {source} "
                 f"({preset!r}) would replace it; drop the preset and pass the fields to change as flags"
             )
+        if not Path(args.existing_run).is_dir():
+            raise ConfigError(f"--existing-run {args.existing_run!r} is not a run directory (it does not exist); "
+                              "pass a directory under --runs-dir, e.g. runs/<run id>")
         stored = runs.Run(args.existing_run).config()
         if stored is None:
-            raise ConfigError(f"--existing-run {args.existing_run!r} has no readable config.json")
+            raise ConfigError(f"--existing-run {args.existing_run!r} has no readable config.json; "
+                              "start a new run instead")
         config = Config.from_dict(stored)
     else:
         preset = args.preset or file_preset  # --preset is a flag: it wins over the file

@@ -130,7 +130,8 @@ def test_missing_data_fails_with_guidance(tmp_path):
     empty.mkdir()
     runs_dir = tmp_path / "runs"
     assert main([*SMOKE, "--data-dir", str(empty), "--runs-dir", str(runs_dir)]) == 1
-    assert "train-images-idx3-ubyte(.gz) not found" in only_run(runs_dir).status()["error"]
+    status = only_run(runs_dir).status()
+    assert "train-images-idx3-ubyte(.gz) not found" in status["error"] and status["error_field"] == "data.data_dir"
 
 
 RELOAD_SCRIPT = """
@@ -285,6 +286,6 @@ def test_native_start_up_lines_are_filtered_and_everything_else_passes(capfd):
         os.write(2, b"I0000 00:00:1795980407.577248   11130 port.cc:153] oneDNN custom operations are on. You may\n")
         os.write(2, b"E0000 00:00:1795980461.542020   11234 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
         os.write(2, b"E0000 00:00:1795980461.542020   11234 some_op.cc:52] a real native error\n")
-        print("error: a real tlkit error", file=sys.stderr)
+        os.write(2, b"error: a real tlkit error\n")  # (a CLI's sys.stderr is fd 2; pytest's capfd is not)
     assert capfd.readouterr().err == "E0000 00:00:1795980461.542020   11234 some_op.cc:52] a real native error\n" \
         "error: a real tlkit error\n"

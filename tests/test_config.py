@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tlkit.config import PRESETS, Config, ConfigError, UnfreezeSpec, field_specs
+from tlkit.config import PRESET_NOTES, PRESETS, Config, ConfigError, UnfreezeSpec, field_named_in, field_specs
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -79,6 +79,21 @@ def test_every_field_has_help_and_a_unique_flag():
     assert len(flags) == len(set(flags))
     assert all(spec.help for spec in specs)
     assert {"data-dir", "weights", "unfreeze", "head-lr", "finetune-lr", "aug-flip", "train-limit"} <= set(flags)
+    # What the explorer draws from the config: a log scale for values spanning decades, a line per preset.
+    assert {spec.key for spec in specs if spec.scale == "log"} == {
+        "model.l2", "head.learning_rate", "head.weight_decay", "finetune.learning_rate", "finetune.weight_decay"}
+    assert set(PRESET_NOTES) == set(PRESETS) and all(PRESET_NOTES.values())
+
+
+@pytest.mark.parametrize("message, field", [
+    ("model.dropout: 3.0 is outside the allowed range [0, 0.9]", "model.dropout"),
+    ("train-images-idx3-ubyte(.gz) not found in '/x'; --data-dir needs the four IDX files", "data.data_dir"),
+    ("the loss became NaN/inf in stage head; lower the learning rate (--head-lr 0.1 now) or use --precision float32",
+     "head.learning_rate"),
+    ("cannot load weights '/w.h5' into mini_resnet", None),
+])
+def test_an_error_message_names_its_config_field(message, field):
+    assert field_named_in(message) == field
 
 
 def test_unfreeze_spec_is_parsed_in_one_place():

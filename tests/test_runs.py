@@ -111,3 +111,22 @@ def test_the_worker_never_appends_through_a_planted_log_link(tmp_path):
         handle.write(b"trainer output\n")
     assert target.read_text() == "keep me\n" and not log.is_symlink()
     assert log.read_text() == "trainer output\n"
+
+
+def test_annotations_are_kept_apart_from_what_the_trainer_writes(tmp_path):
+    run = runs.create_run(tmp_path)
+    assert run.annotations() == {"title": None, "tags": [], "notes": ""} and run.title == run.run_id
+    with run.claim():  # a training run can be annotated: the trainer never writes annotations.json
+        run.annotate(title="  conv4, strong aug ", tags=["baseline", " baseline", "", "aug"])
+    run.annotate(notes="val loss still falling")
+    assert run.annotations() == {"title": "conv4, strong aug", "tags": ["baseline", "aug"],
+                                 "notes": "val loss still falling"}
+    assert run.title == "conv4, strong aug"
+    for bad, message in ((dict(tags=["a,b"]), "no commas"), (dict(title="x" * 121), "at most 120"),
+                         (dict(colour="red"), "unknown annotation")):
+        with pytest.raises(ValueError, match=message):
+            run.annotate(**bad)
+    run.annotate(title="")
+    assert run.title == run.run_id and run.annotations()["tags"] == ["baseline", "aug"]
+    run.file(runs.ANNOTATIONS_FILE).write_text('{"title": 3, "tags": "x"}')  # damaged: defaults
+    assert run.annotations() == {"title": None, "tags": [], "notes": ""}

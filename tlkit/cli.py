@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 from tlkit import environment, runs
-from tlkit.config import PRESETS, Config, ConfigError, apply_overrides, field_specs, read_config_file
+from tlkit.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    field_named_in,
+    field_specs,
+    read_config_file,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 PRECEDENCE_HELP = """\
@@ -121,7 +129,8 @@ def _main(argv: list[str] | None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         if args.existing_run and Path(args.existing_run).is_dir() and runs.Run(args.existing_run).holder() is None:
-            runs.Run(args.existing_run).update_status(state="failed", error=str(error))
+            runs.Run(args.existing_run).update_status(state="failed", error=str(error),
+                                                      error_field=field_named_in(str(error)))
         return EXIT_USAGE
     if args.dry_run:
         print(config.to_json())

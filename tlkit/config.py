@@ -36,7 +36,7 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the field and what is allowed."""
 
 
-def option(default, help, *, choices=None, min=None, max=None, flag=None, bare=False):
+def option(default, help, *, choices=None, min=None, max=None, flag=None, bare=False, scale="linear"):
     """A dataclass field with the metadata that CLI, explorer and validation use.
 
     Args:
@@ -48,8 +48,11 @@ def option(default, help, *, choices=None, min=None, max=None, flag=None, bare=F
         flag: CLI flag name without dashes; defaults to the field name with
             dashes. The group's `flag_prefix` is put in front unless `bare`.
         bare: use the flag without the group prefix (`--unfreeze`).
+        scale: `"log"` for values that span decades (learning rates, penalties): the explorer
+            offers them on a log scale.
     """
-    metadata = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag, "bare": bare}
+    metadata = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag, "bare": bare,
+                "scale": scale}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -223,7 +226,7 @@ class ModelConfig:
     image_size: int = option(224, "Side of the square image fed to the backbone (px).", min=32, max=512)
     head_units: int = option(256, "Units of the head's hidden Dense layer.", min=8, max=4096)
     dropout: float = option(0.5, "Dropout rate before the output layer.", min=0.0, max=0.9)
-    l2: float = option(1e-4, "L2 penalty on the head's hidden Dense kernel.", min=0.0, max=1.0)
+    l2: float = option(1e-4, "L2 penalty on the head's hidden Dense kernel.", min=0.0, max=1.0, scale="log")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", min=0.0, max=0.5)
 
 
@@ -249,10 +252,10 @@ class StageConfig:
     """One training stage (optimizer, schedule, length)."""
 
     epochs: int = option(0, "Epochs of this stage (0 skips it).", min=0, max=1000)
-    learning_rate: float = option(1e-3, "Peak learning rate.", min=1e-8, max=1.0, flag="lr")
+    learning_rate: float = option(1e-3, "Peak learning rate.", min=1e-8, max=1.0, flag="lr", scale="log")
     optimizer: str = option("adam", "Optimizer.", choices=("adam", "adamw"))
     weight_decay: float = option(
-        0.0, "Decoupled weight decay (AdamW only).", min=0.0, max=1.0
+        0.0, "Decoupled weight decay (AdamW only).", min=0.0, max=1.0, scale="log"
     )
     schedule: str = option(
         "constant", "Learning-rate schedule over the stage.",
@@ -436,6 +439,7 @@ class FieldSpec:
     min: float | None
     max: float | None
     flag: str
+    scale: str = "linear"
 
     @property
     def key(self) -> str:
@@ -469,10 +473,24 @@ def field_specs(config_cls: type = Config) -> list[FieldSpec]:
             FieldSpec(
                 path=(field.name,), type=leaf_type, optional=optional, default=value,
                 help=meta.get("help", ""), choices=meta.get("choices"),
-                min=meta.get("min"), max=meta.get("max"), flag=flag,
+                min=meta.get("min"), max=meta.get("max"), flag=flag, scale=meta.get("scale", "linear"),
             )
         )
     return specs
+
+
+def field_named_in(message: str) -> str | None:
+    """The config field an error message is about: its key leading the message
+    (`model.dropout: ...`), else the first field whose CLI flag it names (`--data-dir`); None if
+    neither. The explorer points at the form field with it (status.json's `error_field`)."""
+    specs = field_specs()
+    head = message.split(":", 1)[0].strip()
+    for spec in specs:
+        if spec.key == head:
+            return spec.key
+    named = [(match.start(), spec.key) for spec in specs
+             if (match := re.search(rf"--{re.escape(spec.flag)}(?![\w-])", message))]
+    return min(named)[1] if named else None
 
 
 def _unwrap_optional(hint) -> tuple[type, bool]:
@@ -597,6 +615,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 # ---- presets ----------------------------------------------------------------
+
+# One line per preset: what it is for (the explorer shows it next to the preset picker).
+PRESET_NOTES = {
+    "smoke": "Plumbing check in seconds: a tiny random-init backbone on 1,000 images.",
+    "cpu": "Best recipe for a 2-core CPU: ResNet50 at 72 px, head then conv5 fine-tuned (~93 %, 31-36 min).",
+    "seed": "The seed write-up's recipe as written: 224 px, augmentation, last 16 layers (GPU).",
+    "best": "Strongest GPU recipe: 224 px, conv3 and up with AdamW, warm-up + cosine, TTA.",
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The seed write-up's recipe as written: 224 px, flip/rotation/zoom, head 10

@@ -17,6 +17,8 @@ A run lives in `<runs_dir>/<run_id>/` and holds:
 - `misclassified.npz`: `index`, `true`, `predicted`, `confidence` and the `images` of the
   misclassified test images (N, H, W) for grayscale, (N, H, W, 3) for colour.
 - `train.log`: the CLI's output when launched by the explorer.
+- `annotations.json`: what people say of the run: `title`, `tags`, `notes` (`Run.annotate`);
+  never written by the trainer, so it can change while the run trains.
 - `checkpoints/<stage>/epoch-NNNN/`: while a stage trains, its last whole epoch (weights, optimizer
   state, random-generator states; `tlkit.stages.EpochCheckpoint`); removed when the stage is saved
   in `model.keras`.
@@ -68,6 +70,7 @@ MODEL_FILE = "model.keras"
 MODEL_TEMP_FILE = ".model.tmp.keras"  # written, then renamed to MODEL_FILE
 MISCLASSIFIED_FILE = "misclassified.npz"
 DATA_FILE = "data.json"
+ANNOTATIONS_FILE = "annotations.json"
 LOG_FILE = "train.log"
 LOCK_FILE = ".trainer.lock"
 HEARTBEAT_FILE = ".heartbeat.json"
@@ -405,6 +408,64 @@ class Run:
     def write_config(self, config_dict: dict) -> None:
         write_json(self.file(CONFIG_FILE), config_dict)
 
+    def annotations(self) -> dict[str, Any]:
+        """`{"title": str | None, "tags": [str], "notes": str}`; defaults when none were written."""
+        stored = self._json(ANNOTATIONS_FILE) or {}
+        tags = stored.get("tags")
+        return {"title": stored.get("title") if isinstance(stored.get("title"), str) else None,
+                "tags": [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else [],
+                "notes": stored.get("notes") if isinstance(stored.get("notes"), str) else ""}
+
+    @property
+    def title(self) -> str:
+        """The run's title if it was given one, else its id."""
+        return self.annotations()["title"] or self.run_id
+
+    def annotate(self, **changes) -> dict[str, Any]:
+        """Changes the annotations passed (the others stay) and returns all of them.
+
+        Args:
+            title: a display name (up to 120 characters); None or "" goes back to the run id.
+            tags: labels (each up to 40 characters, no commas); duplicates and blanks are dropped.
+            notes: free text (up to 20,000 characters).
+
+        Raises:
+            ValueError: a value out of those bounds, or another name (the message says which).
+
+        Example:
+
+        ```python
+        run.annotate(title="conv4, strong aug", tags=["baseline"])
+        run.annotate(notes="val loss still falling")   # title and tags stay
+        ```
+        """
+        unknown = set(changes) - {"title", "tags", "notes"}
+        if unknown:
+            raise ValueError(f"unknown annotation(s) {', '.join(sorted(unknown))}; use title, tags or notes")
+        current = self.annotations()
+        if "title" in changes:
+            title = changes["title"]
+            title = (title or "").strip() or None
+            if title is not None and len(title) > 120:
+                raise ValueError(f"title: {len(title)} characters; at most 120")
+            current["title"] = title
+        if "tags" in changes:
+            cleaned = []
+            for tag in changes["tags"]:
+                tag = str(tag).strip()
+                if "," in tag or len(tag) > 40:
+                    raise ValueError(f"tag {tag[:50]!r}: at most 40 characters and no commas")
+                if tag and tag not in cleaned:
+                    cleaned.append(tag)
+            current["tags"] = cleaned
+        if "notes" in changes:
+            notes = str(changes["notes"])
+            if len(notes) > 20_000:
+                raise ValueError(f"notes: {len(notes)} characters; at most 20,000")
+            current["notes"] = notes
+        write_json(self.file(ANNOTATIONS_FILE), current)
+        return current
+
     def update_status(self, **fields) -> dict:
         """Merges `fields` into status.json (atomically) and returns the new status."""
         status = self._json(STATUS_FILE) or {}
@@ -485,8 +546,9 @@ def pid_alive(pid) -> bool:
 
 
 def now() -> str:
-    """The local time with its UTC offset, to the second (status.json timestamps)."""
-    return datetime.now().astimezone().isoformat(timespec="seconds")
+    """The local time with its UTC offset, to the millisecond (status.json timestamps; runs made in
+    one second still sort by `created_at`)."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 def load_model(path: str | os.PathLike):

@@ -34,7 +34,7 @@ import numpy as np
 
 from tlkit import environment, runs
 from tlkit.caches import RunCaches, predict_in_chunks
-from tlkit.config import STAGES, Config, ConfigError, flatten_dict
+from tlkit.config import STAGES, Config, ConfigError, field_named_in, flatten_dict
 from tlkit.data import Splits, load_splits
 from tlkit.evaluate import classification_report, misclassified
 from tlkit.model import Classifier, build_classifier
@@ -91,7 +91,8 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
                 _record_outcome(run, state="cancelled", error="cancelled by the user")
                 raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
             except BaseException as error:
-                _record_outcome(run, state="failed", error=describe_error(error, run))
+                message = describe_error(error, run)
+                _record_outcome(run, state="failed", error=message, error_field=field_named_in(message))
                 raise
     return run
 

@@ -5,10 +5,12 @@ import pickle
 import tarfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from tlkit import data
 from tlkit.config import Config, ConfigError, DataConfig, field_specs
 from tlkit.data import IMAGE_EXTENSIONS, DataError, decode_images, load_splits
 
@@ -541,3 +543,16 @@ def test_failed_download_points_to_data_dir(monkeypatch, name):
     with pytest.raises(DataError, match=r"downloading .* through keras.datasets failed \(OSError: network is "
                                         r"unreachable\)\. .* with --data-dir"):
         load_splits(DataConfig(source=name))
+
+
+def test_a_copy_under_tlkit_data_dir_is_used_instead_of_a_download(synthetic_data_dir, tmp_path, monkeypatch):
+    root = tmp_path / "datasets"
+    (root / "fashion-mnist").mkdir(parents=True)
+    for file in synthetic_data_dir.iterdir():
+        (root / "fashion-mnist" / file.name).write_bytes(file.read_bytes())
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", lambda: pytest.fail("downloaded"))
+    assert data.find_local_copy("fashion_mnist") == root / "fashion-mnist"
+    assert data.find_local_copy("cifar10") is None
+    (x_train, _), _ = data.load_builtin("fashion_mnist")
+    assert x_train.shape == (300, 28, 28, 1)

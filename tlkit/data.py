@@ -324,6 +324,43 @@ def _download(name: str):
         ) from None
 
 
+# A local copy of a built-in dataset: `$TLKIT_DATA_DIR` itself, or one of these folders in it.
+DATA_DIR_ENV = "TLKIT_DATA_DIR"
+LOCAL_FOLDERS = {
+    "fashion_mnist": ("fashion-mnist", "fashion_mnist"),
+    "mnist": ("mnist",),
+    "cifar10": ("cifar10", "cifar-10-batches-py"),
+    "cifar100": ("cifar100", "cifar-100-python"),
+}
+_LOCAL_MARKERS = {  # one file that shows a folder holds the dataset in a form `load_builtin` reads
+    "fashion_mnist": ("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"),
+    "mnist": ("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"),
+    "cifar10": ("test_batch", "cifar-10-python.tar.gz"),
+    "cifar100": ("test", "cifar-100-python.tar.gz"),
+}
+
+
+def find_local_copy(name: str, roots: list[str | Path] | None = None) -> Path | None:
+    """A local copy of built-in dataset `name`: a folder of `roots` (default `$TLKIT_DATA_DIR`) that
+    holds it, or its `fashion-mnist`-style subfolder; None when there is none.
+
+    `load_builtin` (and so `--data NAME` without `--data-dir`) uses it before downloading.
+
+    Example:
+
+    ```python
+    find_local_copy("fashion_mnist", ["../shared/data"])   # Path('../shared/data/fashion-mnist')
+    ```
+    """
+    if roots is None:
+        roots = [os.environ[DATA_DIR_ENV]] if os.environ.get(DATA_DIR_ENV) else []
+    for root in map(lambda r: Path(r).expanduser(), roots):
+        for folder in (root, *(root / sub for sub in LOCAL_FOLDERS.get(name, ()))):
+            if any((folder / marker).is_file() for marker in _LOCAL_MARKERS.get(name, ())):
+                return folder
+    return None
+
+
 def load_builtin(name: str, data_dir: str | Path | None = None):
     """One of the built-in datasets as `((x_train, y_train), (x_test, y_test))`.
 
@@ -333,10 +370,12 @@ def load_builtin(name: str, data_dir: str | Path | None = None):
     Args:
         name: `fashion_mnist`, `mnist`, `cifar10` or `cifar100`.
         data_dir: a local copy (the four IDX files; Keras' CIFAR cache folder or `.tar.gz`);
-            `None` downloads through `keras.datasets`.
+            `None` takes the copy `find_local_copy` finds under `$TLKIT_DATA_DIR`, else downloads
+            through `keras.datasets`.
     """
     if name not in BUILTIN_CLASS_NAMES:
         raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN_CLASS_NAMES)}")
+    data_dir = data_dir if data_dir is not None else find_local_copy(name)
     if data_dir is None:
         pools = _download(name)
     elif name in _CIFAR:

@@ -25,7 +25,17 @@ import math
 import re
 from typing import Any
 
-from tlkit.config import PRESETS, Config, ConfigError, FieldSpec, check_value, coerce, field_specs, flatten_dict
+from tlkit.config import (
+    PRESET_NOTES,
+    PRESETS,
+    Config,
+    ConfigError,
+    FieldSpec,
+    check_value,
+    coerce,
+    field_specs,
+    flatten_dict,
+)
 
 # Fields the page handles itself: the preset selector, and the runs dir the explorer is bound to.
 HIDDEN_FIELDS = ("preset", "runs_dir")
@@ -70,19 +80,12 @@ def label_for(spec: FieldSpec) -> str:
     return spec.path[-1].replace("_", " ").capitalize()
 
 
-# Penalties whose useful values span decades although their range starts at 0 (the spec cannot
-# say so yet; learning rates and L2 are recognised from their range and default).
-LOG_SCALE_NAMES = ("weight_decay",)
 LOG_GRID_MANTISSAS = (1, 2, 3, 5)
 
 
 def is_log_scale(spec: FieldSpec) -> bool:
-    """Learning rates, L2 penalties, weight decay: rates up to 1 whose values span decades."""
-    if spec.type is not float or spec.max is None or spec.max > 1:
-        return False
-    wide = spec.min is not None and spec.min > 0 and spec.max is not None and spec.max / spec.min >= 1e4
-    tiny_default = isinstance(spec.default, float) and 0 < abs(spec.default) < 1e-2
-    return wide or tiny_default or spec.path[-1] in LOG_SCALE_NAMES
+    """Learning rates, L2 penalties, weight decay: the config marks them `scale="log"`."""
+    return spec.scale == "log"
 
 
 def log_grid(low: float | None, high: float | None, floor: float = 1e-7) -> tuple[float, ...]:
@@ -306,6 +309,14 @@ def flag_labels() -> dict[str, str]:
             if spec.key not in HIDDEN_FIELDS}
 
 
+def error_for_form(message: str, error_field: str | None = None) -> str:
+    """A trainer's error, pointing at the form field to fix: the field status.json's `error_field`
+    names (the trainer knows which), else the fields of the CLI flags the message mentions."""
+    if error_field in specs_by_key() and error_field not in HIDDEN_FIELDS:
+        return f"{message} — set the field **{field_label(error_field)}** in the form."
+    return name_form_fields(message)
+
+
 def name_form_fields(message: str) -> str:
     """Replaces CLI flags in a message (a trainer's error) with the form field to set."""
     for flag, label in sorted(flag_labels().items(), key=lambda item: -len(item[0])):
@@ -314,15 +325,6 @@ def name_form_fields(message: str) -> str:
 
 
 # ---- presets --------------------------------------------------------------------
-
-# One line per preset: what it is for (tlkit.config's PRESETS carry this only as comments).
-PRESET_NOTES = {
-    "smoke": "Plumbing check in seconds: a tiny random-init backbone on 1,000 images.",
-    "cpu": "Best recipe for a 2-core CPU: ResNet50 at 72 px, head then conv5 fine-tuned (~35 min).",
-    "seed": "The seed write-up's recipe as written: 224 px, augmentation, last 16 layers (GPU).",
-    "best": "Strongest GPU recipe: 224 px, conv3 and up with AdamW, warm-up + cosine, TTA.",
-}
-
 
 def preset_note(preset: str) -> str:
     return PRESET_NOTES.get(preset, "")

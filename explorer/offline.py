@@ -2,7 +2,7 @@
 
 The explorer fills the form with what this machine already has, so the first
 launch works offline, and warns before Launch when a download will be needed.
-Only paths are checked (no Keras import): a copy next to the project
+Only paths are checked (`tlkit.data` imports no Keras at module level): a copy next to the project
 (`../shared/data/<dataset>`, `../shared/weights/...`), one under
 `$TLKIT_DATA_DIR`, or Keras' own cache (`$KERAS_HOME` or `~/.keras`).
 
@@ -22,22 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tlkit.data import DATA_DIR_ENV, LOCAL_FOLDERS, find_local_copy  # Keras-free at import
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR_ENV = "TLKIT_DATA_DIR"
-# Files whose presence shows a folder holds the dataset (what `tlkit.data` reads with --data-dir).
-DATASET_MARKERS = {
-    "fashion_mnist": ("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"),
-    "mnist": ("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"),
-    "cifar10": ("test_batch",),
-    "cifar100": ("test",),
-}
-# Folder names a copy may have (the dataset's own and Keras' cache folder).
-DATASET_FOLDERS = {
-    "fashion_mnist": ("fashion-mnist", "fashion_mnist"),
-    "mnist": ("mnist",),
-    "cifar10": ("cifar10", "cifar-10-batches-py"),
-    "cifar100": ("cifar100", "cifar-100-python"),
-}
 TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 # What keras.datasets leaves in its cache after a download (no download needed then).
 KERAS_CACHED_DATASETS = {
@@ -59,21 +46,18 @@ def keras_home() -> Path:
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
 
 
-def _holds(folder: Path, dataset: str) -> bool:
-    return any((folder / marker).exists() for marker in DATASET_MARKERS[dataset])
-
-
 def find_data_dir(dataset: str) -> Path | None:
-    """A local copy of a built-in dataset (`$TLKIT_DATA_DIR`, then `../shared/data`), or None."""
-    if dataset not in DATASET_MARKERS:
+    """A local copy of a built-in dataset (`$TLKIT_DATA_DIR`, then `../shared/data`), or None.
+
+    `tlkit.data.find_local_copy` decides what counts as a copy, so the form offers the folder
+    the trainer would read.
+    """
+    if dataset not in LOCAL_FOLDERS:
         return None
-    roots = [Path(os.environ[DATA_DIR_ENV]).expanduser()] if os.environ.get(DATA_DIR_ENV) else []
+    roots = [os.environ[DATA_DIR_ENV]] if os.environ.get(DATA_DIR_ENV) else []
     roots.append(shared_dir() / "data")
-    for root in roots:
-        for folder in (root, *(root / name for name in DATASET_FOLDERS[dataset])):
-            if folder.is_dir() and _holds(folder, dataset):
-                return folder.resolve()
-    return None
+    local = find_local_copy(dataset, roots)
+    return local.resolve() if local else None
 
 
 def find_imagenet_weights(backbone: str) -> Path | None:

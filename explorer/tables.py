@@ -26,6 +26,7 @@ import pandas as pd
 
 from tlkit import runs
 from tlkit.config import flatten_dict
+from tlkit.environment import NATIVE_NOISE
 
 # Shown for every run; any other config field appears when it differs between the listed runs.
 KEY_FIELDS = (
@@ -60,9 +61,24 @@ class RunSummary:
     def metrics(self) -> dict | None:
         return self.run.metrics()
 
+    @functools.cached_property
+    def annotations(self) -> dict[str, Any]:
+        """Title, tags and notes the user gave the run (annotations.json, never written by the trainer)."""
+        return self.run.annotations()
+
     @property
     def run_id(self) -> str:
         return self.run.run_id
+
+    @property
+    def tags(self) -> list[str]:
+        return self.annotations["tags"]
+
+    @property
+    def error_field(self) -> str | None:
+        """The config key the run's error is about (status.json's `error_field`), if the trainer named one."""
+        field = self.status.get("error_field")
+        return field if isinstance(field, str) and field else None
 
     @property
     def state(self) -> str:
@@ -115,8 +131,9 @@ class RunSummary:
 
     @property
     def label(self) -> str:
-        """A short legend label: the name if any, else the id."""
-        return self.name or self.run_id
+        """How lists and legends name the run: its title if it was given one, else its config name,
+        else its id."""
+        return self.annotations["title"] or self.name or self.run_id
 
     @property
     def class_names(self) -> list[str]:
@@ -128,18 +145,22 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def clean_log(text: str) -> str:
-    """Terminal output as it would look: no colour codes, progress bars collapsed to their last state."""
-    lines = []
-    for line in ANSI_ESCAPE.sub("", text).split("\n"):
-        kept: list[str] = []
-        for char in line.rsplit("\r", 1)[-1]:  # `\r` redraws the line
-            if char == "\b":
-                if kept:
-                    kept.pop()
-            else:
-                kept.append(char)
-        lines.append("".join(kept))
-    return "\n".join(lines)
+    """Terminal output as it would look: no colour codes, progress bars collapsed to their last state,
+    and without TensorFlow's native start-up lines (`tlkit.environment.NATIVE_NOISE`: the CLI drops
+    them now, older runs' logs still hold them)."""
+    lines = [_as_shown(line) for line in ANSI_ESCAPE.sub("", text).split("\n")]
+    return "\n".join(line for line in lines if not NATIVE_NOISE.search(line))
+
+
+def _as_shown(line: str) -> str:
+    kept: list[str] = []
+    for char in line.rsplit("\r", 1)[-1]:  # `\r` redraws the line
+        if char == "\b":
+            if kept:
+                kept.pop()
+        else:
+            kept.append(char)
+    return "".join(kept)
 
 
 def summarise(run: runs.Run) -> RunSummary:
@@ -151,8 +172,8 @@ def summarise_all(runs_dir) -> list[RunSummary]:
 
 
 def newest_first(summaries: list[RunSummary]) -> list[RunSummary]:
-    """By when each run was (last) queued, else created, then id. Ids and `created_at` have
-    one-second resolution; `queued_at` (the launcher's float time) orders runs queued in one second."""
+    """By when each run was (last) queued (the launcher's float time), else created (`created_at`,
+    to the millisecond), then id."""
     def moment(summary: RunSummary) -> float:
         queued = _number(summary.status.get("queued_at"))
         created = _time(summary.status.get("created_at"))
@@ -212,18 +233,44 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-def runs_table(summaries: list[RunSummary]) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run; returns the frame and the config columns whose values differ."""
+# The metrics a run can be the best at: (summary attribute, how the page names it).
+BEST_METRICS = (("test_accuracy", "test acc"), ("macro_f1", "macro F1"))
+
+
+def best_runs(summaries: list[RunSummary]) -> dict[str, str]:
+    """`{metric attribute: run id}` of the completed run with the highest value of each metric."""
+    best = {}
+    for attribute, _ in BEST_METRICS:
+        scored = [s for s in summaries if s.state == "completed" and getattr(s, attribute) is not None]
+        if scored:
+            best[attribute] = max(scored, key=lambda s: (getattr(s, attribute), s.run_id)).run_id
+    return best
+
+
+def best_marks(summary: RunSummary, best: dict[str, str]) -> str:
+    """`★ test acc, macro F1`: the metrics `summary` is the best run at ('' when none)."""
+    names = [name for attribute, name in BEST_METRICS if best.get(attribute) == summary.run_id]
+    return "★ " + ", ".join(names) if names else ""
+
+
+def runs_table(summaries: list[RunSummary], best: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run; returns the frame and the config columns whose values differ.
+
+    `best` (from `best_runs`, over every run, not only the listed ones) fills the `best` column.
+    """
     differing = differing_fields(summaries)
     # What differs comes first, so the highlighted columns are visible without scrolling.
     config_columns = differing + [key for key in KEY_FIELDS if key not in differing]
+    best = best_runs(summaries) if best is None else best
     rows = []
     for summary in summaries:
         flat = summary.flat_config
         row = {
+            "title": summary.label,
             "run": summary.run_id,
-            "name": summary.name,
+            "tags": list(summary.tags),
             "state": summary.state,
+            "best": best_marks(summary, best),
             "test acc": summary.test_accuracy,
             "macro F1": summary.macro_f1,
             "duration": format_duration(summary.duration),
@@ -232,8 +279,8 @@ def runs_table(summaries: list[RunSummary]) -> tuple[pd.DataFrame, list[str]]:
         row.update({key: _cell(flat.get(key)) for key in config_columns})
         row["error"] = (summary.error or "")[:200]
         rows.append(row)
-    columns = ["run", "name", "state", "test acc", "macro F1", "duration", "backend", *config_columns,
-               "error"]
+    columns = ["title", "run", "tags", "state", "best", "test acc", "macro F1", "duration", "backend",
+               *config_columns, "error"]
     frame = pd.DataFrame(rows, columns=columns)
     for column in ("test acc", "macro F1"):
         frame[column] = pd.to_numeric(frame[column])  # all-None columns would stay object ("None")
@@ -247,20 +294,28 @@ def _cell(value) -> Any:
     return str(value)
 
 
+def all_tags(summaries: list[RunSummary]) -> list[str]:
+    """Every tag used by these runs, sorted."""
+    return sorted({tag for summary in summaries for tag in summary.tags})
+
+
 def filter_summaries(summaries: list[RunSummary], states: list[str] | None = None,
-                     text: str = "") -> list[RunSummary]:
+                     text: str = "", tags: list[str] | None = None) -> list[RunSummary]:
+    """The runs in one of `states`, carrying every tag of `tags`, whose title, name or id contains `text`."""
     text = text.strip().lower()
     return [summary for summary in summaries
             if (not states or summary.state in states)
-            and (not text or text in summary.run_id.lower() or text in summary.name.lower())]
+            and set(tags or ()) <= set(summary.tags)
+            and (not text or any(text in value.lower() for value in (summary.run_id, summary.name, summary.label)))]
 
 
 SORTS = {
     "newest first": (lambda s: s.run_id, True),
     "oldest first": (lambda s: s.run_id, False),
     "test accuracy": (lambda s: (s.test_accuracy is not None, s.test_accuracy or 0.0), True),
+    "macro F1": (lambda s: (s.macro_f1 is not None, s.macro_f1 or 0.0), True),
     "state": (lambda s: (s.state, s.run_id), False),
-    "name": (lambda s: (s.name, s.run_id), False),
+    "title": (lambda s: (s.label.lower(), s.run_id), False),
 }
 
 

@@ -223,17 +223,42 @@ def load_preset(preset: str | None = None) -> None:
     _seed_all(offline.machine_defaults(values))
 
 
+def config_values(config: dict | None) -> dict[str, Any] | None:
+    """A run's stored config.json as flat form values; None when it is missing or unreadable."""
+    if not config:
+        return None
+    try:
+        parsed = Config.from_dict(config)
+    except (ConfigError, TypeError, KeyError):
+        return None
+    return {spec.key: spec.get(parsed) for spec in field_specs(Config)}
+
+
 def last_run_values(runs_dir) -> tuple[dict[str, Any], str] | None:
     """The flat config of the newest run in the runs dir (what the form restarts from), and its id."""
     for summary in tables.newest_first(tables.summarise_all(runs_dir))[:20]:
-        if not summary.config:
-            continue
-        try:
-            config = Config.from_dict(summary.config)
-        except (ConfigError, TypeError, KeyError):
-            continue
-        return {spec.key: spec.get(config) for spec in field_specs(Config)}, summary.run_id
+        if (values := config_values(summary.config)) is not None:
+            return values, summary.run_id
     return None
+
+
+def clone_into_form(summary: tables.RunSummary) -> bool:
+    """Loads a run's config (and backend) into the Launch form, to edit and launch as a new run.
+
+    Returns False when the run has no readable config. The Launch page reseeds its widgets from
+    the draft on its next run (`_ensure_state`); this page must not touch them (they are not drawn here).
+    """
+    values = config_values(summary.config)
+    if values is None:
+        return False
+    values["preset"] = values.get("preset") if values.get("preset") in PRESETS else DEFAULT_PRESET
+    st.session_state["draft"] = values
+    st.session_state["form:reseed"] = True
+    st.session_state["form:started_from"] = (f"The form is a copy of **{summary.label}** (`{summary.run_id}`); "
+                                             "edit it and Launch to start a new run.")
+    if summary.backend in forms.installed_backends():
+        st.session_state["cfg:backend"] = summary.backend
+    return True
 
 
 def _ensure_state(runs_dir) -> None:
@@ -243,11 +268,16 @@ def _ensure_state(runs_dir) -> None:
         last = last_run_values(runs_dir) if runs_dir is not None else None
         values, source = (last[0], last[1]) if last else (forms.preset_values(DEFAULT_PRESET), None)
         values["preset"] = values.get("preset") if values.get("preset") in PRESETS else DEFAULT_PRESET
-        st.session_state["form:started_from"] = source
+        st.session_state["form:started_from"] = f"The form starts from the newest run, `{source}`." if source \
+            else None
         st.session_state[wkey("preset")] = values["preset"]
         _seed_all(offline.machine_defaults(values))
         return
     draft = st.session_state["draft"]
+    if st.session_state.pop("form:reseed", False):  # "Clone into form" on the Runs page
+        st.session_state[wkey("preset")] = draft["preset"]
+        _seed_all(draft)
+        return
     if wkey("preset") not in st.session_state:
         st.session_state[wkey("preset")] = draft.get("preset") or DEFAULT_PRESET
     for widget in forms.widget_specs():
@@ -286,7 +316,7 @@ def config_form(runs_dir=None) -> tuple[FormResult, str]:
     _ensure_state(runs_dir)
     preset, backend = preset_and_backend()
     if started_from := st.session_state.get("form:started_from"):
-        st.caption(f"The form starts from the newest run, `{started_from}`.")
+        st.caption(started_from)
     values: dict[str, Any] = {"preset": preset}
     slots: dict[str, Any] = {}
     widgets = forms.widget_specs()
@@ -354,8 +384,10 @@ def progress_line(summary: tables.RunSummary) -> str:
         return "waiting for the queue worker"
     stage, epoch, epochs = status.get("stage"), status.get("epoch"), status.get("epochs")
     eta = status.get("eta_s")  # of the stage or the running activity; None until measurable
+    elapsed = status.get("elapsed_s")
     parts = [f"stage **{stage}**" if stage else "", f"epoch {epoch}/{epochs}" if epochs else "",
              status.get("activity") or "",  # e.g. "features (train) 40%" while a cache is computed
+             f"{tables.format_duration(elapsed)} in" if isinstance(elapsed, (int, float)) and elapsed > 0 else "",
              f"~{tables.format_duration(eta)} left" if isinstance(eta, (int, float)) and eta > 0 else ""]
     return " · ".join(part for part in parts if part) or "starting…"
 
@@ -398,7 +430,7 @@ def run_card(summary: tables.RunSummary, scope: str = "") -> None:
         if summary.state == "cancelled":
             st.caption(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
         elif summary.error and summary.state != "completed":
-            st.error(forms.name_form_fields(summary.error))
+            st.error(forms.error_for_form(summary.error, summary.error_field))
 
 
 FINISHED_SHOWN = 8
@@ -442,34 +474,108 @@ def _queue_line(runs_dir, live: list[tables.RunSummary]) -> None:
 # ---- run details ----------------------------------------------------------------
 
 
-def run_details(summary: tables.RunSummary) -> None:
-    """State, error, log tail, status and config of one run (safe on broken runs)."""
+def run_details(summary: tables.RunSummary, best: dict[str, str] | None = None) -> None:
+    """One run: its state and error, actions (resume, clone, downloads), then tabs for the live
+    log, the user's title/tags/notes and the stored status and config (safe on broken runs)."""
     run = summary.run
-    st.markdown(f"**{summary.label}** · `{run.run_id}` · {tables.STATE_ICONS[summary.state]} {summary.state}")
+    marks = tables.best_marks(summary, best or {})
+    st.markdown(f"**{summary.label}** · `{run.run_id}` · {tables.STATE_ICONS[summary.state]} {summary.state}"
+                + (f" · :orange[{marks}]" if marks else ""))
     if summary.state == "cancelled":
         st.info(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
     elif summary.error:
-        st.error(f"{summary.state}: {forms.name_form_fields(summary.error)}")
-    if summary.state in ("crashed", "failed", "cancelled") and (summary.status.get("completed_stages")
-                                                                 or summary.state == "crashed"):
-        if st.button("Resume", key=f"resume:{run.run_id}", help="Queue it again; the trainer continues after "
-                     "its last finished stage (--existing-run DIR --resume)."):
-            st.toast(launcher.resume_run(run))
-            launcher.ensure_worker(run.path.parent, st.session_state.get("max_concurrent", 1))
-    log = tables.clean_log(run.log_tail(8000))[-4000:]
-    if log:
-        st.caption("train.log (tail)")
-        st.code(log, language=None)
-    left, right = st.columns(2)
-    with left:
-        st.caption("status.json")
-        st.json(summary.status, expanded=False)
-    with right:
-        st.caption("config.json")
+        st.error(f"{summary.state}: {forms.error_for_form(summary.error, summary.error_field)}")
+    run_actions(summary)
+    log_tab, notes_tab, status_tab, config_tab = st.tabs(
+        [":material/article: Log", ":material/edit_note: Title, tags & notes", ":material/info: status.json",
+         ":material/settings: config.json"])
+    with log_tab:
+        log_view(run, live=summary.state in ("queued", "running"))
+    with notes_tab:
+        annotation_form(summary)
+    with status_tab:
+        st.json(summary.status, expanded=True)
+    with config_tab:
         if summary.config is None:
             st.warning("config.json is missing or unreadable.")
         else:
-            st.json(summary.config, expanded=False)
+            st.json(summary.config, expanded=True)
+
+
+# What a run can be downloaded as, when the file exists: (file, MIME type).
+DOWNLOADS = ((runs.MODEL_FILE, "application/octet-stream"), (runs.CONFIG_FILE, "application/json"),
+             (runs.METRICS_FILE, "application/json"))
+
+
+def run_actions(summary: tables.RunSummary) -> None:
+    """Resume (when there is something to resume), Clone into form, and a download per stored file."""
+    run = summary.run
+    columns = iter(st.columns(2 + len(DOWNLOADS), vertical_alignment="center"))
+    resumable = summary.state in ("crashed", "failed", "cancelled") and (
+        summary.status.get("completed_stages") or summary.state == "crashed")
+    with next(columns):
+        if resumable and st.button("Resume", key=f"resume:{run.run_id}", icon=":material/replay:",
+                                   help="Queue it again; the trainer continues after its last finished "
+                                        "stage (--existing-run DIR --resume)."):
+            st.toast(launcher.resume_run(run))
+            launcher.ensure_worker(run.path.parent, st.session_state.get("max_concurrent", 1))
+    with next(columns):
+        if st.button("Clone into form", key=f"clone:{run.run_id}", icon=":material/content_copy:",
+                     disabled=summary.config is None, help="Open the Launch form with this run's config; "
+                     "edit it and Launch a new run (this one stays as it is)."):
+            if clone_into_form(summary):
+                st.switch_page("views/launch.py")
+            st.error("This run's config.json cannot be read into the form.")
+    for (name, mime), column in zip(DOWNLOADS, columns):
+        path = run.file(name)
+        if path.is_file():
+            # A callable: the file (a model can be 100 MB) is read only when the button is pressed.
+            column.download_button(name, data=path.read_bytes, file_name=f"{run.run_id}-{name}", mime=mime,
+                                   key=f"download:{name}:{run.run_id}", icon=":material/download:",
+                                   on_click="ignore")
+
+
+LOG_TAIL_CHARS = 20_000
+
+
+def log_view(run: runs.Run, live: bool) -> None:
+    """train.log's tail, wrapped and without native start-up noise; re-read every 2 s while the run
+    is queued or running."""
+    def show() -> None:
+        log = tables.clean_log(run.log_tail(LOG_TAIL_CHARS)).strip("\n")
+        if not log:
+            st.caption("train.log is empty or missing.")
+            return
+        st.caption(f"train.log (last {LOG_TAIL_CHARS:,} characters)" if len(log) >= LOG_TAIL_CHARS - 1000
+                   else "train.log")
+        st.code(log, language=None, wrap_lines=True, height=420)
+
+    st.fragment(show, run_every=2 if live else None, key=f"log:{run.run_id}")()
+
+
+def split_tags(text: str) -> list[str]:
+    return [tag.strip() for tag in text.split(",") if tag.strip()]
+
+
+def annotation_form(summary: tables.RunSummary) -> None:
+    """Title, tags and notes, stored in the run directory (annotations.json) by `Run.annotate`."""
+    run, current = summary.run, summary.annotations
+    with st.form(f"annotate:{run.run_id}", border=False):
+        title = st.text_input("Title", value=current["title"] or "", max_chars=120, key=f"title:{run.run_id}",
+                              placeholder=summary.name or run.run_id,
+                              help="Shown instead of the run id in lists, the live strip and legends.")
+        tags = st.text_input("Tags", value=", ".join(current["tags"]), key=f"tags:{run.run_id}",
+                             placeholder="baseline, aug", help="Comma-separated labels; filter by them above.")
+        notes = st.text_area("Notes", value=current["notes"], max_chars=20_000, key=f"notes:{run.run_id}")
+        saved = st.form_submit_button("Save", icon=":material/save:", key=f"save-notes:{run.run_id}")
+    if saved:
+        try:
+            run.annotate(title=title, tags=split_tags(tags), notes=notes)
+        except ValueError as error:
+            st.error(str(error))
+            return
+        st.session_state["flash"] = f"Saved the title, tags and notes of {run.run_id}."
+        st.rerun()
 
 
 def delete_control(summary: tables.RunSummary) -> None:

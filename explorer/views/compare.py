@@ -21,12 +21,12 @@ if "compare:runs" not in st.session_state or st.session_state.get("compare:synce
     st.session_state["compare:synced"] = wanted
 selected = st.multiselect("Runs to compare", list(by_id), key="compare:runs",
                           format_func=lambda i: f"{by_id[i].label} · {by_id[i].state}"
-                          + (f" ({i})" if by_id[i].name else ""))
+                          + (f" ({i})" if by_id[i].label != i else ""))
 chosen = [by_id[i] for i in selected]
 for summary in chosen:
     if summary.state in ("failed", "unknown") or (summary.error and summary.state != "cancelled"):
         reason = summary.error or "no error recorded"
-        with st.expander(f":orange[:material/warning:] {summary.run_id} is {summary.state}: {reason}"):
+        with st.expander(f":orange[:material/warning:] {summary.label} is {summary.state}: {reason}"):
             st.code(tables.clean_log(summary.run.log_tail()) or "(no train.log)", language=None)
 
 curves_tab, confusion_tab, per_class_tab, params_tab = st.tabs(
@@ -156,6 +156,6 @@ with params_tab:
         st.caption(f"The {len(done)} completed runs selected above.")
         if axes:
             field = st.selectbox("Field vs metric", axes, key="params:field")
-            log_x = forms.widget_spec(forms.specs_by_key()[field]).kind == "log" if field in forms.specs_by_key() \
-                else False
+            spec = forms.specs_by_key().get(field)
+            log_x = spec is not None and forms.is_log_scale(spec)
             st.plotly_chart(figures.scatter_figure(points, field, metric, metric_label, log_x), key="scatter")

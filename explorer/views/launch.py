@@ -16,6 +16,7 @@ def start(configs) -> None:
     queued = launcher.queue_many(runs_dir, configs, backend)
     launcher.ensure_worker(runs_dir, st.session_state.get("max_concurrent", session.max_concurrent()))
     names = ", ".join(f"`{run.run_id}`" for run in queued)
+    st.session_state.pop("form:started_from", None)  # the form is no longer "a copy of" a run
     st.session_state["launch:flash"] = f"Queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {names}"
     st.rerun()  # the whole app, so the sidebar's live strip shows the new runs at once
 

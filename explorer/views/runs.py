@@ -1,4 +1,5 @@
-"""Runs page: every run in the runs directory (explorer- or CLI-launched), filter, select, delete."""
+"""Runs page: every run in the runs directory (explorer- or CLI-launched): filter by state, text or tag,
+the best run per metric, select to compare; per run: log, title/tags/notes, clone, downloads, delete."""
 
 import streamlit as st
 
@@ -14,14 +15,17 @@ if not summaries:
     st.info(f"No runs in `{runs_dir}` yet. Launch one on the Launch page or with `python -m tlkit.train`.")
     st.stop()
 
-left, middle, right, refresh = st.columns([2, 2, 1, 0.5], vertical_alignment="bottom")
+left, tags_col, middle, right, refresh = st.columns([2, 2, 2, 1, 0.5], vertical_alignment="bottom")
 states = left.multiselect("State", list(tables.STATE_ICONS), key="runs:states", placeholder="all states")
-text = middle.text_input("Name or id contains", key="runs:text")
+tags = tags_col.multiselect("Tags", tables.all_tags(summaries), key="runs:tags", placeholder="any tags",
+                            help="Runs carrying every tag picked (set a run's tags under Run details).")
+text = middle.text_input("Title, name or id contains", key="runs:text")
 order = right.selectbox("Sort", list(tables.SORTS), key="runs:sort")
 refresh.button("", icon=":material/refresh:", help="Re-read the runs directory.")
 
-shown = tables.sort_summaries(tables.filter_summaries(summaries, states, text), order)
-frame, differing = tables.runs_table(shown)
+best = tables.best_runs(summaries)  # among every completed run, not only the filtered ones
+shown = tables.sort_summaries(tables.filter_summaries(summaries, states, text, tags), order)
+frame, differing = tables.runs_table(shown, best)
 
 
 STATE_COLORS = {"completed": "#1a7f37", "failed": "#cf222e", "crashed": "#cf222e", "unknown": "#bf8700",
@@ -35,13 +39,20 @@ def highlight(column):
 styled = frame.style.apply(highlight, subset=differing).map(
     lambda state: f"color: {STATE_COLORS[state]}" if state in STATE_COLORS else "", subset=["state"]).format(
     {"test acc": "{:.2%}", "macro F1": "{:.3f}"}, na_rep="")
+by_all = {s.run_id: s for s in summaries}
+best_line = " · ".join(f"best {name}: **{by_all[best[attribute]].label}**"
+                       for attribute, name in tables.BEST_METRICS if attribute in best)
 st.caption(f"{len(shown)} of {len(summaries)} runs. "
+           + (f"★ {best_line} (among completed runs). " if best_line else "")
            + (f"Highlighted columns differ between them: {', '.join(differing)}. " if differing else "")
            + "Tick rows to compare them.")
 selection_default = {"selection": {"rows": [i for i, s in enumerate(shown)
                                             if s.run_id in st.session_state.get("compare_ids", [])]}}
 event = st.dataframe(styled, key="runs:table", on_select="rerun", selection_mode="multi-row",
-                     hide_index=True, selection_default=selection_default, placeholder="")
+                     hide_index=True, selection_default=selection_default, placeholder="",
+                     column_config={"tags": st.column_config.ListColumn("tags"),
+                                    "best": st.column_config.TextColumn("best", help="★: the best completed "
+                                                                        "run at this metric")})
 picked = [shown[i].run_id for i in event.selection.rows if i < len(shown)]
 if picked:
     st.session_state["compare_ids"] = picked
@@ -53,9 +64,10 @@ by_id = {s.run_id: s for s in shown}
 if by_id:
     default = picked[0] if picked else next(iter(by_id))
     run_id = st.selectbox("Run", list(by_id), index=list(by_id).index(default), key="runs:detail",
-                          format_func=lambda i: f"{i} · {by_id[i].state}")
+                          format_func=lambda i: f"{by_id[i].label} · {by_id[i].state}"
+                          + (f" ({i})" if by_id[i].label != i else ""))
     summary = by_id[run_id]
     if summary.state in ("queued", "running"):
         ui.run_card(summary, scope="details")
-    ui.run_details(summary)
+    ui.run_details(summary, best)
     ui.delete_control(summary)

@@ -15,6 +15,8 @@ FAKE_TRAINER = Path(fake_trainer.__file__).resolve()
 # How the worker runs the fake trainer (`TLKIT_EXPLORER_TRAIN_CMD`): as a script, from any directory.
 FAKE_TRAINER_CMD = [sys.executable, str(FAKE_TRAINER)]
 APP = REPO / "explorer" / "streamlit_app.py"
+NATIVE_STARTUP_LINE = ("I0000 00:00:1732000000.000000  1234 port.cc:153] oneDNN custom operations are on. "
+                       "You may see slightly different numerical results.")
 
 
 def make_completed(runs_dir: Path, name: str, seed: int = 0, **overrides) -> runs.Run:
@@ -37,8 +39,9 @@ def make_failed(runs_dir: Path, name: str = "oom") -> runs.Run:
     run.append_history({"stage": "head", "epoch": 1, "loss": 2.0, "accuracy": 0.3, "val_loss": 2.1,
                         "val_accuracy": 0.28, "lr": 1e-3, "seconds": 2.0})
     run.update_status(state="failed", stage="head", error="ResourceExhaustedError: out of memory (fixture)")
-    run.file(runs.LOG_FILE).write_text("epoch 1/2\nTraceback (most recent call last):\n  ...\n"
-                                       "ResourceExhaustedError: out of memory (fixture)\n")
+    # An older trainer's log: TensorFlow's native start-up line is still in it (the viewer drops it).
+    run.file(runs.LOG_FILE).write_text(NATIVE_STARTUP_LINE + "\nepoch 1/2\nTraceback (most recent call last):\n"
+                                       "  ...\nResourceExhaustedError: out of memory (fixture)\n")
     return run
 
 

@@ -14,7 +14,7 @@ from tlkit import runs
 from tlkit.config import BACKBONE_BLOCKS, PRESETS
 
 from ..helpers import REPO
-from .explorer_fixtures import APP, make_completed
+from .explorer_fixtures import APP, NATIVE_STARTUP_LINE, make_completed
 
 TIMEOUT = 60
 
@@ -126,8 +126,8 @@ def test_data_source_picker_previews_classes_and_counts(runs_dir, no_worker, tmp
 THIN_SERVER_CHECK = """
 import sys
 from streamlit.testing.v1 import AppTest
-import explorer, explorer.figures, explorer.forms, explorer.launcher, explorer.session, explorer.tables
-import explorer.ui, explorer.worker
+import explorer, explorer.figures, explorer.forms, explorer.launcher, explorer.offline, explorer.session
+import explorer.tables, explorer.ui, explorer.worker
 
 at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
 at.selectbox(key="cfg:preset").select("cpu").run()  # resnet50: the block picker
@@ -277,7 +277,12 @@ def test_a_run_error_names_the_form_field_not_the_flag(runs_dir, no_worker):
                                             "(URLError). Download the four IDX files and pass them with --data-dir")
     at = app().run()
     (error,) = [e.value for e in at.sidebar.error]
-    assert "the field Data › Data dir (--data-dir)" in error
+    assert "the field Data › Data dir (--data-dir)" in error  # no error_field (an older run): flags rewritten
+
+    run.update_status(error="no local copy of Fashion-MNIST", error_field="data.data_dir")
+    at = app().run()
+    (error,) = [e.value for e in at.sidebar.error]
+    assert error == "no local copy of Fashion-MNIST — set the field **Data › Data dir** in the form."
 
 
 # ---- Runs -----------------------------------------------------------------------
@@ -316,7 +321,8 @@ def test_runs_filter_and_details_of_broken_runs(populated):
     at.multiselect(key="runs:states").select("failed").run()
     assert list(at.dataframe[0].value["run"]) == [populated["failed"].run_id]
     assert any("ResourceExhaustedError" in error.value for error in at.error)
-    assert any("ResourceExhaustedError" in code.value for code in at.code)  # train.log tail
+    (log,) = [code.value for code in at.code]  # the Log tab: train.log's tail, without native noise
+    assert "ResourceExhaustedError" in log and NATIVE_STARTUP_LINE not in log and "oneDNN" not in log
 
     at.multiselect(key="runs:states").unselect("failed").select("unknown").run()
     assert not at.exception
@@ -343,6 +349,50 @@ def test_delete_asks_for_confirmation(populated):
     assert not target.path.exists()
     assert any(f"Deleted {target.run_id}" in s.value for s in at.success)
     assert target.run_id not in list(at.dataframe[0].value["run"])
+
+
+def test_titles_tags_notes_are_stored_in_the_run_and_shown_everywhere(populated):
+    a, b = populated["a"], populated["b"]
+    at = runs_page()
+    best = dict(zip(at.dataframe[0].value["run"], at.dataframe[0].value["best"]))
+    assert best[b.run_id] == "★ test acc, macro F1" and best[a.run_id] == ""
+    at.selectbox(key="runs:detail").select(a.run_id).run()
+    at.text_input(key=f"tags:{a.run_id}").input("x" * 41)
+    at.button(key=f"save-notes:{a.run_id}").click().run()
+    assert any("at most 40 characters" in e.value for e in at.error)  # Run.annotate's message
+    at.text_input(key=f"title:{a.run_id}").input("dropout 0.2 baseline")
+    at.text_input(key=f"tags:{a.run_id}").input("baseline, small")
+    at.text_area(key=f"notes:{a.run_id}").input("val loss still falling")
+    at.button(key=f"save-notes:{a.run_id}").click().run()
+    assert a.annotations() == {"title": "dropout 0.2 baseline", "tags": ["baseline", "small"],
+                               "notes": "val loss still falling"}
+    frame = at.dataframe[0].value
+    assert dict(zip(frame["run"], frame["title"]))[a.run_id] == "dropout 0.2 baseline"
+    assert any("**dropout 0.2 baseline**" in m.value for m in at.sidebar.markdown)  # the live strip's card
+    at.multiselect(key="runs:tags").select("baseline").run()
+    assert list(at.dataframe[0].value["run"]) == [a.run_id]
+    at.switch_page("views/compare.py").run()
+    names = {trace["name"] for trace in chart(at, "curves")["data"]}
+    assert "dropout 0.2 baseline · train" in names
+
+
+def test_clone_into_form_relaunches_with_edits_and_files_download(populated, no_worker):
+    b = populated["b"]
+    at = runs_page()
+    at.selectbox(key="runs:detail").select(b.run_id).run()
+    downloads = [e.proto.label for e in at.get("download_button")]
+    assert downloads == ["config.json", "metrics.json"]  # no model.keras in the fixture run
+    at.button(key=f"clone:{b.run_id}").click().run()
+    assert not at.exception
+    assert at.slider(key="cfg:model.dropout").value == pytest.approx(0.4)  # beta's config, in the form
+    assert at.text_input(key="cfg:name").value == "beta"
+    assert any("is a copy of" in c.value and b.run_id in c.value for c in at.caption)
+    at.slider(key="cfg:model.dropout").set_value(0.5)
+    at.button(key="launch").click()
+    at.switch_page("views/launch.py").run()  # AppTest reruns the page it was told, not st.switch_page's
+    (new,) = [run for run in runs.list_runs(populated["a"].path.parent) if run.status()["state"] == "queued"]
+    assert new.run_id != b.run_id and new.config()["model"]["dropout"] == pytest.approx(0.5)
+    assert new.config()["finetune"]["unfreeze"] == "4" and b.config()["model"]["dropout"] == pytest.approx(0.4)
 
 
 # ---- Compare --------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from explorer import figures, forms, offline, session, tables
 from tlkit.config import Config, ConfigError, field_specs
 
-from .explorer_fixtures import make_completed, make_corrupt, make_failed
+from .explorer_fixtures import NATIVE_STARTUP_LINE, make_completed, make_corrupt, make_failed
 
 # ---- forms ----------------------------------------------------------------------
 
@@ -107,13 +107,34 @@ def test_runs_table_handles_every_kind_of_run(runs_dir):
     assert [s.run_id for s in tables.filter_summaries(summaries, text="BETA")] == [b.run_id]
 
 
+def test_best_run_per_metric_tags_and_titles(runs_dir):
+    a = make_completed(runs_dir, "alpha", seed=0)
+    b = make_completed(runs_dir, "beta", seed=1)  # the more skilled fixture
+    make_failed(runs_dir)
+    a.annotate(title="my baseline", tags=["baseline", "cpu"])
+    b.annotate(tags=["cpu"])
+    summaries = tables.summarise_all(runs_dir)
+    best = tables.best_runs(summaries)
+    assert best == {"test_accuracy": b.run_id, "macro_f1": b.run_id}
+    rows = {row["run"]: row for row in tables.runs_table(summaries, best)[0].to_dict("records")}
+    assert rows[b.run_id]["best"] == "★ test acc, macro F1" and rows[a.run_id]["best"] == ""
+    assert rows[a.run_id]["title"] == "my baseline" and rows[b.run_id]["title"] == "beta"
+    assert rows[a.run_id]["tags"] == ["baseline", "cpu"]
+    assert tables.all_tags(summaries) == ["baseline", "cpu"]
+    assert {s.run_id for s in tables.filter_summaries(summaries, tags=["cpu"])} == {a.run_id, b.run_id}
+    assert [s.run_id for s in tables.filter_summaries(summaries, tags=["cpu", "baseline"])] == [a.run_id]
+    assert [s.run_id for s in tables.filter_summaries(summaries, text="baseline")] == [a.run_id]  # the title
+
+
 def test_progress_line_shows_the_trainers_eta(runs_dir):
     from explorer import ui
 
     run = make_failed(runs_dir)
     run.update_status(state="running", stage="finetune", epoch=2, epochs=5, eta_s=83.0)
     assert ui.progress_line(tables.summarise(run)) == "stage **finetune** · epoch 2/5 · ~1m23s left"
-    run.update_status(eta_s=None, activity="features (train) 40%")
+    run.update_status(elapsed_s=65.0)
+    assert ui.progress_line(tables.summarise(run)) == "stage **finetune** · epoch 2/5 · 1m05s in · ~1m23s left"
+    run.update_status(eta_s=None, elapsed_s=None, activity="features (train) 40%")
     assert ui.progress_line(tables.summarise(run)).endswith("· features (train) 40%")
 
 
@@ -281,3 +302,11 @@ def test_misclassified_subset_filters_and_orders():
 def test_clean_log_collapses_progress_bars():
     raw = "Epoch 1/2\n\x1b[1m 1/29\x1b[0m ━━ 1s/step\r\x1b[1m29/29\x1b[0m ━━━━ done\nab\b\bok\n"
     assert tables.clean_log(raw) == "Epoch 1/2\n29/29 ━━━━ done\nok\n"
+    # TensorFlow's native start-up lines in older runs' logs: dropped with the CLI's own filter.
+    assert tables.clean_log(f"{NATIVE_STARTUP_LINE}\nEpoch 1/2\n") == "Epoch 1/2\n"
+
+
+def test_log_scale_fields_are_the_ones_the_config_marks():
+    logs = [w.key for w in forms.widget_specs() if w.kind == "log"]
+    assert logs == [spec.key for spec in field_specs(Config) if spec.scale == "log"]
+    assert {"head.learning_rate", "finetune.weight_decay", "model.l2"} <= set(logs)

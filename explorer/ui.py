@@ -510,27 +510,25 @@ DOWNLOADS = ((runs.MODEL_FILE, "application/octet-stream"), (runs.CONFIG_FILE, "
 def run_actions(summary: tables.RunSummary) -> None:
     """Resume (when there is something to resume), Clone into form, and a download per stored file."""
     run = summary.run
-    columns = iter(st.columns(2 + len(DOWNLOADS), vertical_alignment="center"))
     resumable = summary.state in ("crashed", "failed", "cancelled") and (
         summary.status.get("completed_stages") or summary.state == "crashed")
-    with next(columns):
+    with st.container(horizontal=True, vertical_alignment="center", key=f"actions-{card_key(run.run_id)}"):
         if resumable and st.button("Resume", key=f"resume:{run.run_id}", icon=":material/replay:",
                                    help="Queue it again; the trainer continues after its last finished "
                                         "stage (--existing-run DIR --resume)."):
             st.toast(launcher.resume_run(run))
             launcher.ensure_worker(run.path.parent, st.session_state.get("max_concurrent", 1))
-    with next(columns):
         if st.button("Clone into form", key=f"clone:{run.run_id}", icon=":material/content_copy:",
                      disabled=summary.config is None, help="Open the Launch form with this run's config; "
                      "edit it and Launch a new run (this one stays as it is)."):
             if clone_into_form(summary):
                 st.switch_page("views/launch.py")
             st.error("This run's config.json cannot be read into the form.")
-    for (name, mime), column in zip(DOWNLOADS, columns):
-        path = run.file(name)
-        if path.is_file():
-            # A callable: the file (a model can be 100 MB) is read only when the button is pressed.
-            column.download_button(name, data=path.read_bytes, file_name=f"{run.run_id}-{name}", mime=mime,
+        for name, mime in DOWNLOADS:
+            path = run.file(name)
+            if path.is_file():
+                # A callable: the file (a model can be 100 MB) is read only when the button is pressed.
+                st.download_button(name, data=path.read_bytes, file_name=f"{run.run_id}-{name}", mime=mime,
                                    key=f"download:{name}:{run.run_id}", icon=":material/download:",
                                    on_click="ignore")
 

@@ -15,7 +15,7 @@ if not summaries:
     st.info(f"No runs in `{runs_dir}` yet. Launch one on the Launch page or with `python -m tlkit.train`.")
     st.stop()
 
-left, tags_col, middle, right, refresh = st.columns([2, 2, 2, 1, 0.5], vertical_alignment="bottom")
+left, tags_col, middle, right, refresh = st.columns([2, 2, 2, 1.3, 0.5], vertical_alignment="bottom")
 states = left.multiselect("State", list(tables.STATE_ICONS), key="runs:states", placeholder="all states")
 tags = tags_col.multiselect("Tags", tables.all_tags(summaries), key="runs:tags", placeholder="any tags",
                             help="Runs carrying every tag picked (set a run's tags under Run details).")

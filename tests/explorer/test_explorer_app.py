@@ -134,6 +134,9 @@ at.selectbox(key="cfg:preset").select("cpu").run()  # resnet50: the block picker
 for page in ("views/runs.py", "views/compare.py"):
     at.switch_page(page).run()
     assert not at.exception, (page, at.exception)
+at.switch_page("views/runs.py").run()
+next(b for b in at.button if str(b.key).startswith("clone:")).click().run()  # the Launch form, from a run
+assert not at.exception and any("is a copy of" in c.value for c in at.caption), at.exception
 heavy = sorted(name for name in ("keras", "tensorflow", "jax", "torch", "keras_hub") if name in sys.modules)
 assert not heavy, f"the explorer imported {heavy}"
 print("thin")
@@ -378,10 +381,13 @@ def test_titles_tags_notes_are_stored_in_the_run_and_shown_everywhere(populated)
 
 def test_clone_into_form_relaunches_with_edits_and_files_download(populated, no_worker):
     b = populated["b"]
+    b.file(runs.MODEL_FILE).write_bytes(b"PK fake model")
     at = runs_page()
     at.selectbox(key="runs:detail").select(b.run_id).run()
-    downloads = [e.proto.label for e in at.get("download_button")]
-    assert downloads == ["config.json", "metrics.json"]  # no model.keras in the fixture run
+    assert [e.proto.label for e in at.get("download_button")] == ["model.keras", "config.json", "metrics.json"]
+    at.selectbox(key="runs:detail").select(populated["failed"].run_id).run()
+    assert [e.proto.label for e in at.get("download_button")] == ["config.json"]  # only the files it has
+    at.selectbox(key="runs:detail").select(b.run_id).run()
     at.button(key=f"clone:{b.run_id}").click().run()
     assert not at.exception
     assert at.slider(key="cfg:model.dropout").value == pytest.approx(0.4)  # beta's config, in the form

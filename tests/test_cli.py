@@ -37,7 +37,7 @@ def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     runs_dir = tmp_path / "runs"
     # A team's umask (027): every file of the run gets the same mode from it, model.keras included.
     result = run_cli(*SMOKE, "--data-dir", str(synthetic_data_dir), "--runs-dir", str(runs_dir), "--name", "cli test",
-                     "--head-epochs", "2", "--unfreeze", "conv4", preexec_fn=lambda: os.umask(0o027))
+                     "--head-epochs", "2", "--unfreeze", "conv4", umask=0o027)
     assert result.returncode == 0, result.stderr
     assert not [line for line in result.stderr.splitlines() if environment.NATIVE_NOISE.search(line)]
     run = only_run(runs_dir)

@@ -163,6 +163,15 @@ def _as_shown(line: str) -> str:
     return "".join(kept)
 
 
+def distinct_labels(summaries: list[RunSummary]) -> dict[str, str]:
+    """`{run id: label}` where runs sharing a label (a clone keeps its run's name) get their id's
+    last four characters added, so legends never merge two runs."""
+    counts: dict[str, int] = {}
+    for summary in summaries:
+        counts[summary.label] = counts.get(summary.label, 0) + 1
+    return {s.run_id: s.label if counts[s.label] == 1 else f"{s.label} #{s.run_id[-4:]}" for s in summaries}
+
+
 def summarise(run: runs.Run) -> RunSummary:
     return RunSummary(run)
 

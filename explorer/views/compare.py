@@ -23,6 +23,7 @@ selected = st.multiselect("Runs to compare", list(by_id), key="compare:runs",
                           format_func=lambda i: f"{by_id[i].label} · {by_id[i].state}"
                           + (f" ({i})" if by_id[i].label != i else ""))
 chosen = [by_id[i] for i in selected]
+label = tables.distinct_labels(chosen)  # run id → its name in legends and titles
 for summary in chosen:
     if summary.state in ("failed", "unknown") or (summary.error and summary.state != "cancelled"):
         reason = summary.error or "no error recorded"
@@ -34,9 +35,9 @@ curves_tab, confusion_tab, per_class_tab, params_tab = st.tabs(
      ":material/bar_chart: Per class", ":material/tune: Hyperparameters"])
 
 with curves_tab:
-    histories = {s.label: s.run.history() for s in chosen}
-    without = [s for s in chosen if not histories[s.label]]
-    histories = {label: rows for label, rows in histories.items() if rows}
+    histories = {label[s.run_id]: s.run.history() for s in chosen}
+    without = [s for s in chosen if not histories[label[s.run_id]]]
+    histories = {name: rows for name, rows in histories.items() if rows}
     axis_col, smooth_col, lr_col = st.columns([1, 1, 1], vertical_alignment="bottom")
     x_axis = axis_col.radio("x axis", ["epoch", "wall clock"], horizontal=True, key="curves:x")
     smoothing = smooth_col.slider("Smoothing", 0.0, 0.9, 0.0, 0.1, key="curves:smooth",
@@ -51,7 +52,7 @@ with curves_tab:
         st.info("No epoch history for the selected runs yet.")
     if without:
         st.caption("No epochs recorded yet (not plotted): "
-                   + ", ".join(f"{s.label} ({s.state})" for s in without))
+                   + ", ".join(f"{label[s.run_id]} ({s.state})" for s in without))
 
 with_matrix = [(s, figures.as_matrix((s.metrics or {}).get("confusion_matrix"))) for s in chosen]
 with_matrix = [(s, m) for s, m in with_matrix if m is not None]
@@ -67,7 +68,7 @@ with confusion_tab:
         for index, (summary, matrix) in enumerate(with_matrix):
             with columns[index % len(columns)]:
                 accuracy = summary.test_accuracy
-                title = summary.label + (f" · acc {accuracy:.2%}" if accuracy is not None else "")
+                title = label[summary.run_id] + (f" · acc {accuracy:.2%}" if accuracy is not None else "")
                 event = st.plotly_chart(
                     figures.confusion_figure(matrix, summary.class_names, normalise, title),
                     key=f"cm:{summary.run_id}", on_select="rerun", selection_mode="points")
@@ -82,7 +83,7 @@ with confusion_tab:
 
         if len(with_matrix) >= 2:
             st.markdown("**Difference between two runs**")
-            labels = {s.run_id: s.label for s, _ in with_matrix}
+            labels = {s.run_id: label[s.run_id] for s, _ in with_matrix}
             left, right = st.columns(2)
             a_id = left.selectbox("A", list(labels), index=0, key="diff:a", format_func=labels.get)
             b_id = right.selectbox("B", list(labels), index=1, key="diff:b", format_func=labels.get)
@@ -92,7 +93,7 @@ with confusion_tab:
                 st.warning("The two confusion matrices have different sizes.")
             else:
                 st.plotly_chart(figures.difference_figure(matrix_a, matrix_b, b.class_names or a.class_names,
-                                                          a.label, b.label), key="cm:diff")
+                                                          labels[a_id], labels[b_id]), key="cm:diff")
 
         st.markdown("**Misclassified test images**")
         gallery_ids = [s.run_id for s, _ in with_matrix]
@@ -100,7 +101,7 @@ with confusion_tab:
             st.session_state["gallery:run"] = gallery_ids[0]
         run_col, true_col, pred_col = st.columns(3)
         run_id = run_col.selectbox("Run", gallery_ids, key="gallery:run",
-                                   format_func=lambda i: by_id[i].label)
+                                   format_func=label.get)
         summary = by_id[run_id]
         names = figures.class_labels(summary.class_names, sizes[run_id])
         options = ["any", *names]
@@ -126,8 +127,8 @@ with confusion_tab:
                 st.caption("No misclassified images for this cell.")
 
 with per_class_tab:
-    per_class = {s.label: (s.metrics or {}).get("per_class") for s in chosen}
-    per_class = {label: rows for label, rows in per_class.items() if isinstance(rows, list) and rows}
+    per_class = {label[s.run_id]: (s.metrics or {}).get("per_class") for s in chosen}
+    per_class = {name: rows for name, rows in per_class.items() if isinstance(rows, list) and rows}
     if per_class:
         st.plotly_chart(figures.per_class_figure(per_class), key="per_class")
     else:
@@ -150,7 +151,7 @@ with params_tab:
         metric_label = metric_col.selectbox("Metric", list(METRICS), key="params:metric")
         metric = METRICS[metric_label]
         points = [{**s.flat_config, "test_accuracy": s.test_accuracy, "macro_f1": s.macro_f1 or 0.0,
-                   "run": s.run_id, "label": s.label} for s in done]
+                   "run": s.run_id, "label": label[s.run_id]} for s in done]
         if axes:
             st.plotly_chart(figures.parallel_figure(points, axes, metric, metric_label), key="parallel")
         st.caption(f"The {len(done)} completed runs selected above.")

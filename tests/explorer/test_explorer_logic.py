@@ -124,6 +124,10 @@ def test_best_run_per_metric_tags_and_titles(runs_dir):
     assert {s.run_id for s in tables.filter_summaries(summaries, tags=["cpu"])} == {a.run_id, b.run_id}
     assert [s.run_id for s in tables.filter_summaries(summaries, tags=["cpu", "baseline"])] == [a.run_id]
     assert [s.run_id for s in tables.filter_summaries(summaries, text="baseline")] == [a.run_id]  # the title
+    clone = make_completed(runs_dir, "beta", seed=2)  # a clone keeps its run's name: legends stay apart
+    labels = tables.distinct_labels(tables.summarise_all(runs_dir))
+    assert labels[a.run_id] == "my baseline"
+    assert {labels[b.run_id], labels[clone.run_id]} == {f"beta #{b.run_id[-4:]}", f"beta #{clone.run_id[-4:]}"}
 
 
 def test_progress_line_shows_the_trainers_eta(runs_dir):

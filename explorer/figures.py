@@ -65,7 +65,8 @@ def smooth(values: list[float], weight: float) -> list[float]:
 
 def with_positions(history: list[dict[str, Any]], x_axis: str = "epoch") -> tuple[list[dict], float | None]:
     """`with_global_epochs`, plus an `x` per row: the epoch step, or the wall-clock seconds at the
-    end of the epoch (history.csv's per-epoch wall time `seconds`, summed) when `x_axis == "time"`. Returns the rows and the boundary's x."""
+    end of the epoch (history.csv's per-epoch wall time `seconds`, summed) when `x_axis == "time"`.
+    Returns the rows and the boundary's x."""
     rows, boundary = with_global_epochs(history)
     if x_axis != "time":
         for row in rows:

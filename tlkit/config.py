@@ -327,6 +327,10 @@ class Config:
         min=0.001, max=1024.0,
     )
     cache_dir: str = option("", "Feature cache directory (default: $TLKIT_CACHE_DIR or ~/.cache/tlkit).")
+    tensorboard: bool = option(
+        False, "Write TensorBoard event files to RUN_DIR/tensorboard/: loss, accuracy and learning rate "
+        "per epoch, both stages on one epoch axis (needs the tensorboard package).",
+    )
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

@@ -169,7 +169,7 @@ class StageMonitor(keras.callbacks.Callback):
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every whole epoch, saves what a resumed fit needs to go on exactly where this one
-    stopped: the fit model's weights with its optimizer state (the step count included, so the LR
+    stopped: the fit model's weights, its optimizer state (the step count included, so the LR
     schedule continues) and the random-generator states that dropout and augmentation draw from.
 
     Each epoch is written to a temp directory that is renamed to `epoch-NNNN` as a whole, so a kill
@@ -177,12 +177,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
     generator states of another. A fit started on a directory holding a checkpoint restores it;
     pass `initial_epoch=EpochCheckpoint.saved_epoch(directory)` to `fit` to skip the finished epochs.
 
+    The state is one `.npz` (Python file I/O) rather than Keras' `save_weights` (HDF5): an HDF5
+    write that fails on a full disk leaves a file h5py crashes on (SIGSEGV) when it is closed.
+
     Args:
         directory: the stage's checkpoint directory.
     """
 
-    WEIGHTS_FILE = "model.weights.h5"
-    RNG_FILE = "rng_state.npz"
+    STATE_FILE = "state.npz"
 
     def __init__(self, directory):
         super().__init__()
@@ -192,18 +194,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
         latest = self.latest(self.directory)
         if latest is None:
             return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(str(latest / self.WEIGHTS_FILE))
-        with np.load(latest / self.RNG_FILE, allow_pickle=False) as saved:
-            states = [saved[f"arr_{index}"] for index in range(len(saved.files) - ("torch" in saved.files))]
-            torch_state = saved["torch"] if "torch" in saved.files else None
-        variables = self._rng_variables()
-        if [tuple(state.shape) for state in states] == [tuple(v.shape) for v in variables]:
-            for variable, state in zip(variables, states):
-                variable.assign(state)
-        if torch_state is not None:
-            _set_torch_rng_state(torch_state)
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        with np.load(latest / self.STATE_FILE, allow_pickle=False) as saved:
+            for group, variables in self._groups().items():
+                values = [saved[f"{group}_{index}"] for index in range(_count(saved.files, group))]
+                if [value.shape for value in values] != [tuple(variable.shape) for variable in variables]:
+                    raise TrainingError(f"the checkpoint in {latest} does not match this model ({group}); "
+                                        "start a new run instead of resuming this one")
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+            if "torch" in saved.files:
+                _set_torch_rng_state(saved["torch"])
 
     def on_epoch_end(self, epoch, logs=None):
         if self.model.stop_training:  # cut short (cancel, NaN) or ended: the last whole epoch stays saved
@@ -215,15 +218,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         temp = self.directory / f".{final.name}.tmp"
         shutil.rmtree(temp, ignore_errors=True)  # a kill during an earlier write of this epoch
         temp.mkdir(parents=True)
+        state = {f"{group}_{index}": ops.convert_to_numpy(variable)
+                 for group, variables in self._groups().items() for index, variable in enumerate(variables)}
+        torch_state = _torch_rng_state()
+        if torch_state is not None:
+            state["torch"] = torch_state
         try:
-            self.model.save_weights(str(temp / self.WEIGHTS_FILE), overwrite=True)
-            # save_weights leaves the seed-generator states out; restoring them makes a resumed
-            # epoch draw what the uninterrupted one would have.
-            states = [ops.convert_to_numpy(variable) for variable in self._rng_variables()]
-            torch_state = _torch_rng_state()
-            np.savez(temp / self.RNG_FILE, *states, **({"torch": torch_state} if torch_state is not None else {}))
-            for path in temp.iterdir():
-                fsync_path(path)
+            np.savez(temp / self.STATE_FILE, **state)
+            fsync_path(temp / self.STATE_FILE)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temp, final)  # the commit
             fsync_path(self.directory)
@@ -233,6 +235,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for older in self.directory.glob("epoch-*"):
             if older != final:
                 shutil.rmtree(older, ignore_errors=True)
+
+    def _groups(self) -> dict[str, list]:
+        """The variables a checkpoint holds, by group, in a fixed order."""
+        optimizer = self.model.optimizer
+        return {"weights": list(self.model.weights),
+                "optimizer": list(optimizer.variables) if optimizer is not None else [],
+                "rng": self._rng_variables()}
 
     def _rng_variables(self) -> list:
         saved = {id(variable) for variable in self.model.weights}
@@ -259,6 +268,10 @@ def _torch_rng_state() -> np.ndarray | None:
     import torch
 
     return torch.get_rng_state().numpy()
+
+
+def _count(names, group: str) -> int:
+    return sum(name.startswith(f"{group}_") for name in names)
 
 
 def _set_torch_rng_state(state: np.ndarray) -> None:

@@ -32,7 +32,7 @@ import time
 import keras
 import numpy as np
 
-from tlkit import environment, runs
+from tlkit import environment, runs, tracking
 from tlkit.caches import RunCaches, predict_in_chunks
 from tlkit.config import STAGES, Config, ConfigError, field_named_in, flatten_dict
 from tlkit.data import Splits, load_splits
@@ -74,6 +74,8 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
         Exception: any other failure, after status.json records it as `failed`.
     """
     config.validate()
+    if config.tensorboard and (missing := tracking.tensorboard_missing()):
+        raise ConfigError(missing)
     run = run or runs.create_run(config.runs_dir, config.name)
     with run.claim():  # one trainer per run directory (RunLocked otherwise), with a heartbeat
         if resume:
@@ -84,9 +86,9 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
         run.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                           backend=keras.backend.backend(), started_at=runs.now(), completed_stages=completed,
                           stage="setup", progress=0.0)
-        with _cancel_on_sigterm(), _precision(config.precision) as precision:
+        with _cancel_on_sigterm(), _precision(config.precision) as precision, _tensorboard(config, run) as log:
             try:
-                _execute(config, run, completed, precision, verbose, resume)
+                _execute(config, run, completed, precision, verbose, resume, log)
             except (KeyboardInterrupt, RunCancelled):
                 _record_outcome(run, state="cancelled", error="cancelled by the user")
                 raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
@@ -105,7 +107,8 @@ def _record_outcome(run: runs.Run, **fields) -> None:
 # What may differ when a run is resumed: where things go, the evaluation, and stage lengths (a
 # changed length re-plans that stage's LR schedule from the restored step). Anything else would
 # continue a different model or data than the checkpoints hold.
-RESUMABLE_CHANGES = ("name", "preset", "runs_dir", "cache_dir", "tta_flip", "head.epochs", "finetune.epochs")
+RESUMABLE_CHANGES = ("name", "preset", "runs_dir", "cache_dir", "tta_flip", "tensorboard", "head.epochs",
+                     "finetune.epochs")
 
 
 def check_resumable(stored: dict | None, config: Config) -> None:
@@ -133,7 +136,8 @@ def describe_error(error: BaseException, run: runs.Run | None = None) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose, resume: bool) -> None:
+def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose, resume: bool,
+             tensorboard: tracking.TensorBoardLog | None = None) -> None:
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     run.update_status(stage="data")
@@ -158,7 +162,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         if stage_config.epochs == 0 or stage in completed:
             continue
         epochs_before = sum(getattr(config, s).epochs for s in STAGES[:index])
-        monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs)
+        monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs, tensorboard)
         run.update_status(stage=stage, epoch=0, epochs=stage_config.epochs, elapsed_s=0.0, eta_s=None)
         # The Keras transfer-learning recipe: freeze or unfreeze, then compile and fit.
         trainable_layers = prepare_stage(classifier, stage, getattr(stage_config, "unfreeze", ""))
@@ -195,6 +199,9 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         **caches.metrics(list(summaries)),
     )
     run.write_metrics(metrics)
+    if tensorboard:
+        tensorboard.scalars(total_epochs, {"test_accuracy": metrics["test_accuracy"],
+                                           "test_loss": metrics.get("test_loss")})
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],
                       finished_at=runs.now())
 
@@ -229,9 +236,11 @@ def _count(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, total_epochs: int) -> StageMonitor:
-    """A StageMonitor whose reports land in history.csv and status.json: progress, what is running,
-    and `elapsed_s` / `eta_s` of it (a cache being computed, else the stage's epochs)."""
+def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, total_epochs: int,
+                 tensorboard: tracking.TensorBoardLog | None = None) -> StageMonitor:
+    """A StageMonitor whose reports land in history.csv and status.json (progress, what is running,
+    and `elapsed_s` / `eta_s` of it: a cache being computed, else the stage's epochs), and in
+    TensorBoard at the run's global epoch when `tensorboard` is given."""
     stage_started = time.perf_counter()
     fit_origin: list[tuple[float, float]] = []  # (time, stage fraction) at the first fit report
     activity_started: dict[str, float] = {}
@@ -256,6 +265,10 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
                             "seconds": round(report.seconds, 3)})
         run.update_status(epoch=report.epoch, progress=overall(report.epoch), **fit_timing(report.epoch),
                           last={k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+        if tensorboard:
+            tensorboard.scalars(epochs_before + report.epoch, {
+                **{f"epoch_{key}": logs.get(key) for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+                "learning_rate": report.lr})
 
     def on_progress(epoch: int, fraction: float) -> None:
         run.update_status(epoch=epoch - 1, progress=overall(epoch - 1 + fraction), **fit_timing(epoch - 1 + fraction))
@@ -337,13 +350,26 @@ def save_model(model: keras.Model, run: runs.Run) -> None:
     (a full disk) leaves the previous model.keras and no temp file."""
     temp = run.file(runs.MODEL_TEMP_FILE)
     try:
-        model.save(temp)
+        model.save(temp)  # HDF5 in memory, then a zip written with Python's file I/O
         runs.fsync_path(temp)
         os.replace(temp, run.model_path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     runs.fsync_path(run.path)
+
+
+@contextlib.contextmanager
+def _tensorboard(config: Config, run: runs.Run):
+    """The run's TensorBoard log with `--tensorboard` (closed however the run ends), else None."""
+    if not config.tensorboard:
+        yield None
+        return
+    log = tracking.TensorBoardLog(run.file("tensorboard"))
+    try:
+        yield log
+    finally:
+        log.close()
 
 
 @contextlib.contextmanager

@@ -354,10 +354,12 @@ def render(results: dict) -> str:
     lines += ["## How a run survives", "",
               "- **Epoch checkpoints.** After every whole epoch the stage's weights, optimizer state (its step, so the "
               "LR schedule continues) and random-generator states (seed generators; torch's global generator) are "
-              "written to a temp directory that is renamed to `checkpoints/<stage>/epoch-NNNN` as a whole. "
-              "Keras' `BackupAndRestore` is not used as is: it writes the weights file in place and the epoch "
+              "written as one `.npz` to a temp directory that is renamed to `checkpoints/<stage>/epoch-NNNN` as a "
+              "whole. Keras' `BackupAndRestore` is not used: it writes the weights file in place and the epoch "
               "record in a second file, so a kill between the two resumed an epoch late on top of its weights "
-              "(found by CI: max |Δp| 0.13 under jax), and it leaves the generator states out.",
+              "(found by CI: max |Δp| 0.13 under jax); it leaves the generator states out; and its HDF5 weights "
+              "file, when a full disk fails its write, crashes the process (SIGSEGV in h5py) instead of letting "
+              "it record why (found by the full-disk test under tensorflow).",
               "- **One trainer per run.** An exclusive `flock` on `.trainer.lock`; a second trainer fails at once "
               "naming the holder's pid and host. The trainer refreshes `.heartbeat.json` every 10 s; a run whose "
               "trainer is gone reads as `crashed` (its pid is gone on this host, or the heartbeat is older than "

@@ -22,10 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tlkit.data import DATA_DIR_ENV, LOCAL_FOLDERS, find_local_copy  # Keras-free at import
+from tlkit.data import DATA_DIR_ENV, DATASET_TITLES, LOCAL_FOLDERS, find_local_copy  # Keras-free at import
 
 REPO = Path(__file__).resolve().parents[1]
-TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 # What keras.datasets leaves in its cache after a download (no download needed then).
 KERAS_CACHED_DATASETS = {
     "fashion_mnist": "datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
@@ -86,9 +85,9 @@ def download_warnings(values: dict[str, Any]) -> list[str]:
     """One sentence per download the run would need, naming the form field that avoids it."""
     warnings = []
     source = values.get("data.source")
-    cached = source in TITLES and (keras_home() / KERAS_CACHED_DATASETS[source]).exists()
-    if source in TITLES and not values.get("data.data_dir") and not cached:
-        warnings.append(f"{TITLES[source]} will be downloaded through keras.datasets (no local copy found). "
+    cached = source in DATASET_TITLES and (keras_home() / KERAS_CACHED_DATASETS[source]).exists()
+    if source in DATASET_TITLES and not values.get("data.data_dir") and not cached:
+        warnings.append(f"{DATASET_TITLES[source]} will be downloaded through keras.datasets (no local copy found). "
                         "Offline, set **Data › Data dir** to a folder holding its files.")
     backbone = values.get("model.backbone")
     if values.get("model.weights") == "imagenet" and backbone == "resnet50" and not (

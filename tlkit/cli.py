@@ -117,12 +117,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
 _TOP_LEVEL = {spec.key for spec in field_specs() if len(spec.path) == 1} - {"preset"}
 
 
+@environment.quiet_native_startup()  # TensorFlow's C++ start-up lines off stderr
 def main(argv: list[str] | None = None) -> int:
-    with environment.quiet_native_startup():  # TensorFlow's C++ start-up lines on stderr
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = resolve_config(args)

@@ -65,7 +65,7 @@ BUILTIN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "cifar100": CIFAR100_CLASS_NAMES,
 }
 assert set(BUILTIN_CLASS_NAMES) == set(DataConfig.BUILTINS) and len(CIFAR100_CLASS_NAMES) == 100
-_TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+DATASET_TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -197,7 +197,7 @@ def _find_idx(data_dir: Path, stem: str, title: str = "Fashion-MNIST") -> Path:
 
 def _read_idx_dataset(name: str, data_dir: str | Path):
     data_dir = Path(data_dir).expanduser()
-    arrays = {key: read_idx(_find_idx(data_dir, stem, _TITLES[name])) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx(_find_idx(data_dir, stem, DATASET_TITLES[name])) for key, stem in IDX_FILES.items()}
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
@@ -319,7 +319,7 @@ def _download(name: str):
         return loaders[name]()
     except Exception as error:  # network errors come in many types across platforms
         raise DataError(
-            f"downloading {_TITLES[name]} through keras.datasets failed ({type(error).__name__}: "
+            f"downloading {DATASET_TITLES[name]} through keras.datasets failed ({type(error).__name__}: "
             f"{error}). {local[name]} with --data-dir"
         ) from None
 

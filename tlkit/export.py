@@ -177,12 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@environment.quiet_native_startup()  # TensorFlow's C++ start-up lines off stderr
 def main(argv: Sequence[str] | None = None) -> int:
-    with environment.quiet_native_startup():  # TensorFlow's C++ start-up lines on stderr
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = export_model(args.run, args.format, args.out, args.tolerance)

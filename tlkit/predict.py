@@ -189,12 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@environment.quiet_native_startup()  # TensorFlow's C++ start-up lines off stderr
 def main(argv: Sequence[str] | None = None) -> int:
-    with environment.quiet_native_startup():  # TensorFlow's C++ start-up lines on stderr
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         print("error: --top-k and --batch-size must be at least 1", file=sys.stderr)

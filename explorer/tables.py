@@ -215,7 +215,8 @@ def differing_fields(summaries: list[RunSummary]) -> list[str]:
 
 # Fields that differ between runs without being what the experiment varies (limits, caches, paths).
 NOISE_FIELDS = ("preset", "cache_dir", "cache_memory_gb", "feature_cache", "boundary_cache", "tensorboard",
-                "data.data_dir", "data.train_limit", "data.test_limit", "data.strict")
+                "mlflow_uri", "mlflow_experiment", "distribution.coordinator_address", "distribution.num_processes",
+                "distribution.process_id", "data.data_dir", "data.train_limit", "data.test_limit", "data.strict")
 MAX_DEFAULT_AXES = 8
 
 

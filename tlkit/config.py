@@ -293,6 +293,41 @@ class FinetuneStageConfig(StageConfig):
 
 
 @dataclasses.dataclass
+class DistributionConfig:
+    """One run on several devices or hosts through `keras.distribution` (JAX backend)."""
+
+    flag_prefix: typing.ClassVar[str] = ""
+
+    mode: str = option(
+        "none", "Devices one run trains on: 'data_parallel' replicates the model on every local device "
+        "(and host) and splits each batch across them; 'auto' does so when more than one accelerator is "
+        "visible. JAX backend only.",
+        choices=("none", "data_parallel", "auto"), flag="distribution",
+    )
+    lr_scaling: str = option(
+        "none", "Learning-rate rule: 'linear' multiplies each stage's learning rate by "
+        "batch_size / lr_reference_batch (the global batch over the batch the rates were tuned at).",
+        choices=("none", "linear"),
+    )
+    lr_reference_batch: int = option(
+        64, "The global batch size the learning rates were tuned at (for lr_scaling='linear').",
+        min=1, max=65536,
+    )
+    coordinator_address: str = option(
+        "", "Several hosts: 'host:port' of process 0, which every process connects to "
+        "(default: $KERAS_DISTRIBUTION_JOB_ADDRESSES' first entry).",
+    )
+    num_processes: int = option(
+        0, "Several hosts: how many processes take part (0: $KERAS_DISTRIBUTION_NUM_PROCESSES, else 1).",
+        min=0, max=4096,
+    )
+    process_id: int = option(
+        -1, "Several hosts: this process's index, 0 to num_processes - 1 "
+        "(-1: $KERAS_DISTRIBUTION_PROCESS_ID, else 0).", min=-1, max=4095,
+    )
+
+
+@dataclasses.dataclass
 class Config:
     """Everything that defines a run. See the module docstring."""
 
@@ -301,7 +336,9 @@ class Config:
     name: str = option("", "Run name (part of the run id).")
     preset: str = option("", "Preset this config started from (recorded for reference).")
     seed: int = option(42, "Random seed (data split, init, augmentation).", min=0)
-    batch_size: int = option(64, "Batch size.", min=1, max=4096)
+    batch_size: int = option(
+        64, "Global batch size (split evenly across devices under a distribution).", min=1, max=4096
+    )
     precision: str = option(
         "auto", "Numeric precision; 'auto' picks mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native "
         "bf16 (tensorflow, torch), else float32.",
@@ -331,7 +368,13 @@ class Config:
         False, "Write TensorBoard event files to RUN_DIR/tensorboard/: loss, accuracy and learning rate "
         "per epoch, both stages on one epoch axis (needs the tensorboard package).",
     )
+    mlflow_uri: str = option(
+        "", "Log the run to MLflow while it trains (params, per-epoch metrics, test metrics, files) at this "
+        "tracking URI ('sqlite:///mlflow.db', 'http://host:5000'); needs the mlflow package.",
+    )
+    mlflow_experiment: str = option("tlkit", "MLflow experiment the run is logged under.")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     head: HeadStageConfig = dataclasses.field(

@@ -38,7 +38,8 @@ from tlkit.config import STAGES, Config, ConfigError, UnfreezeSpec, flatten_dict
 from tlkit.evaluate import per_class_metrics
 
 # Fields that say where a run lives or how it was cached, not what was trained.
-BOOKKEEPING_KEYS = ("name", "preset", "runs_dir", "cache_dir", "cache_memory_gb", "tensorboard")
+BOOKKEEPING_KEYS = ("name", "preset", "runs_dir", "cache_dir", "cache_memory_gb", "tensorboard", "mlflow_uri",
+                    "mlflow_experiment")
 # Fields holding local file paths: runs launched from different folders spell the same file differently.
 LOCAL_FILE_KEYS = ("data.source", "data.data_dir", "model.weights")
 # Keys of metrics.json's `versions` that name a Keras backend's own package.

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-FINAL_STATES = ("completed", "failed", "cancelled", "crashed")
+FINAL_STATES = ("completed", "failed", "cancelled", "crashed", "stopped")  # stopped: ended early by a sweep scheduler
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"

@@ -107,8 +107,9 @@ def _record_outcome(run: runs.Run, **fields) -> None:
 # What may differ when a run is resumed: where things go, the evaluation, and stage lengths (a
 # changed length re-plans that stage's LR schedule from the restored step). Anything else would
 # continue a different model or data than the checkpoints hold.
-RESUMABLE_CHANGES = ("name", "preset", "runs_dir", "cache_dir", "tta_flip", "tensorboard", "head.epochs",
-                     "finetune.epochs")
+RESUMABLE_CHANGES = ("name", "preset", "runs_dir", "cache_dir", "tta_flip", "tensorboard", "mlflow_uri",
+                     "mlflow_experiment", "head.epochs", "finetune.epochs", "distribution.mode",
+                     "distribution.coordinator_address", "distribution.num_processes", "distribution.process_id")
 
 
 def check_resumable(stored: dict | None, config: Config) -> None:

@@ -8,6 +8,10 @@ serves the same shuffled batches while only one batch is ever float32, and
 its shuffling is seeded, so a run with caches sees the same batch order as
 the same run without them.
 
+Data-parallel training splits each batch across devices, so every batch, the
+last one too, must be a multiple of the device count: `multiple_of` pads the
+last batch without losing or double-counting an image (see `ArrayBatches`).
+
 Example:
 
 ```python
@@ -39,30 +43,65 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_size: samples per batch (the last batch may be smaller).
         shuffle: draw a new sample order at the start of every epoch.
         seed: seeds the order; equal seeds give equal orders.
+        multiple_of: every batch's size is a multiple of this (the device count of a
+            data-parallel run). The last batch is padded: when shuffling (training) with
+            the first samples of the same epoch's order, so each sample is still seen every
+            epoch; otherwise (evaluation) with copies of the last sample weighted 0, so each
+            one counts once, and batches are `(x, y, sample_weight)`. For `predict` the
+            padded outputs follow the `num_samples` real ones: drop them.
+        process: `(index, count)` of this process among the hosts of a multi-host run; it
+            gets its share of every batch (Keras' JAX trainer assembles the global batch).
     """
 
     def __init__(self, x, y: np.ndarray | None = None, batch_size: int = 32, shuffle: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, multiple_of: int = 1, process: tuple[int, int] = (0, 1)):
         super().__init__()
         lengths = {len(array) for array in keras.tree.flatten(x)}
         if len(lengths) != 1 or (y is not None and lengths != {len(y)}):
             raise ValueError(f"x has {sorted(lengths)} samples but y has {None if y is None else len(y)}")
+        if batch_size % multiple_of or multiple_of % process[1]:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of {multiple_of}, and that of the "
+                             f"process count {process[1]}")
         self.x, self.y = x, y
         self.num_samples = lengths.pop()
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
+        self.multiple_of = int(multiple_of)
+        self.process = process
+        # Evaluation batches carry weights once padding exists, so every batch has the same structure.
+        self.weighted = y is not None and not shuffle and self.num_samples % self.multiple_of != 0
         self._rng = np.random.default_rng(seed)
         self._order = self._draw_order()
 
+    @property
+    def padded_samples(self) -> int:
+        """Samples per epoch including the padding: `num_samples` rounded up to `multiple_of`."""
+        return math.ceil(self.num_samples / self.multiple_of) * self.multiple_of
+
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.padded_samples / self.batch_size)
 
     def __getitem__(self, index: int):
-        picked = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        start = index * self.batch_size
+        picked = self._order[start:start + self.batch_size]
+        share = slice(None)
+        if self.process[1] > 1:
+            per_process = len(picked) // self.process[1]
+            share = slice(self.process[0] * per_process, (self.process[0] + 1) * per_process)
+            picked = picked[share]
         x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
         if isinstance(x, list):  # tf.data's generator signatures take tuples, and one input needs none
             x = x[0] if len(x) == 1 else tuple(x)
-        return (x,) if self.y is None else (x, _as_float32(self.y[picked]))
+        if self.y is None:
+            return (x,)
+        if self.weighted:
+            real = np.arange(start, min(start + self.batch_size, self.padded_samples)) < self.num_samples
+            # Keras averages a loss over all rows of a batch, padding included, so the real rows weigh
+            # padded/real: the epoch's loss is then the mean over the real samples, exactly (metrics
+            # divide by the weights' sum, which any common factor leaves unchanged).
+            weight = self.padded_samples / self.num_samples
+            return x, _as_float32(self.y[picked]), (real[share] * weight).astype("float32")
+        return x, _as_float32(self.y[picked])
 
     def on_epoch_begin(self) -> None:
         self._order = self._draw_order()
@@ -74,9 +113,12 @@ class ArrayBatches(keras.utils.PyDataset):
             self._draw_order()
 
     def _draw_order(self) -> np.ndarray:
-        if self.shuffle:
-            return self._rng.permutation(self.num_samples)
-        return np.arange(self.num_samples)
+        order = self._rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
+        padding = self.padded_samples - self.num_samples
+        if not padding:
+            return order
+        fill = np.resize(order, padding) if self.shuffle else np.full(padding, self.num_samples - 1)
+        return np.concatenate([order, fill])
 
 
 def _as_float32(array: np.ndarray) -> np.ndarray:

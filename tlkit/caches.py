@@ -46,6 +46,7 @@ from tlkit import environment
 from tlkit.batches import ArrayBatches
 from tlkit.config import Config
 from tlkit.data import Splits
+from tlkit.distribution import batch_multiple, round_up
 from tlkit.model import BoundarySplit, Classifier, GraphSplitError
 from tlkit.runs import pid_alive
 
@@ -167,15 +168,25 @@ def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, o
     fraction done every `PredictProgress.INTERVAL` seconds or so (batch by batch), so a long
     extraction or evaluation never goes quiet.
     """
+    multiple = batch_multiple()  # data parallel: each batch splits evenly across the devices
+    batch_size = round_up(batch_size, multiple)
     for start in range(0, len(images), chunk):
         callbacks = [PredictProgress(on_progress, start, len(images), batch_size)] if on_progress else []
-        values = model.predict(images[start:start + chunk], batch_size=batch_size, verbose=0, callbacks=callbacks)
+        part = _padded(images[start:start + chunk], multiple)
+        values = model.predict(part, batch_size=batch_size, verbose=0, callbacks=callbacks)
         values = values if isinstance(values, (list, tuple)) else [values]
+        count = min(chunk, len(images) - start)
         for target, value in zip(outputs, values):
-            target[start:start + len(value)] = value
+            target[start:start + count] = value[:count]
     if on_progress:
         on_progress(1.0)
     return outputs
+
+
+def _padded(array: np.ndarray, multiple: int) -> np.ndarray:
+    """`array` with copies of its last row appended up to a multiple of `multiple` rows."""
+    padding = -len(array) % multiple
+    return np.concatenate([array, np.repeat(array[-1:], padding, axis=0)]) if padding else array
 
 
 class PredictProgress(keras.callbacks.Callback):
@@ -252,8 +263,10 @@ class BoundaryActivations:
         """Pooled backbone features of `images` via their boundary activations (backbone frozen)."""
         arrays = self.get(name, images, on_progress)
         # Batch by batch: Keras would cast all of the float16 activations to float32 at once.
-        features = self.split.features_model.predict(ArrayBatches(arrays, batch_size=self.batch_size), verbose=0)
-        return np.asarray(features, dtype="float32")
+        multiple = batch_multiple()
+        batches = ArrayBatches(arrays, batch_size=round_up(self.batch_size, multiple), multiple_of=multiple)
+        features = self.split.features_model.predict(batches, verbose=0)
+        return np.asarray(features[:len(images)], dtype="float32")
 
     def _compute(self, images: np.ndarray, on_progress: Progress | None) -> list[np.ndarray]:
         outputs = [np.empty((len(images), *shape), dtype=CACHE_DTYPE) for shape in self.split.boundary_shapes]
@@ -318,8 +331,10 @@ class RunCaches:
             return None
         record = self.records.setdefault("test", {})
         features = self._features("test", images, on_progress, record, key_name=f"test{len(record)}")
-        probabilities = self.classifier.head_model().predict(features, batch_size=batch_size, verbose=0)
-        return np.asarray(probabilities, np.float64)
+        head = self.classifier.head_model()
+        (probabilities,) = predict_in_chunks(head, features, batch_size,
+                                             [np.empty((len(features), int(head.output.shape[-1])), np.float32)])
+        return probabilities.astype(np.float64)
 
     def metrics(self, stages_run: list[str]) -> dict:
         """The `feature_cache` and `boundary_cache` entries of metrics.json."""

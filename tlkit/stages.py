@@ -37,6 +37,7 @@ from keras import ops
 
 from tlkit.batches import ArrayBatches
 from tlkit.config import StageConfig
+from tlkit.distribution import batch_multiple, process_share
 from tlkit.model import Classifier
 from tlkit.runs import fsync_path
 from tlkit.schedules import StageSchedule
@@ -71,7 +72,8 @@ def compile_for_stage(model: keras.Model, config: StageConfig, steps_per_epoch: 
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics)
+    # Weighted: the padding of a data-parallel evaluation batch has weight 0 (tlkit.batches).
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss, weighted_metrics=metrics)
 
 
 def prepare_stage(classifier: Classifier, stage: str, unfreeze: str = "") -> list[str]:
@@ -317,8 +319,10 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
     if config.early_stopping and val is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping,
                                                        restore_best_weights=True))
+    # Data parallel: every batch, the last too, splits evenly across the devices (and hosts).
+    split = {"multiple_of": batch_multiple(), "process": process_share()}
     train_batches = ArrayBatches(train[0], _targets(train[1], label_smoothing, num_classes), batch_size,
-                                 shuffle=True, seed=seed)
+                                 shuffle=True, seed=seed, **split)
     resumed_at = 0
     if checkpoint_dir is not None:
         resumed_at = EpochCheckpoint.saved_epoch(checkpoint_dir)
@@ -326,7 +330,7 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
         callbacks.append(EpochCheckpoint(checkpoint_dir))
     validation = None
     if val is not None and len(val[1]):
-        validation = ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size)
+        validation = ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size, **split)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     start = time.perf_counter()

@@ -19,6 +19,7 @@ run.metrics()["test_accuracy"]
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
@@ -32,10 +33,11 @@ import time
 import keras
 import numpy as np
 
-from tlkit import environment, runs, tracking
+from tlkit import distribution, environment, runs, tracking
 from tlkit.caches import RunCaches, predict_in_chunks
 from tlkit.config import STAGES, Config, ConfigError, field_named_in, flatten_dict
 from tlkit.data import Splits, load_splits
+from tlkit.distribution import Placement
 from tlkit.evaluate import classification_report, misclassified
 from tlkit.model import Classifier, build_classifier
 from tlkit.stages import (
@@ -76,6 +78,8 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
     config.validate()
     if config.tensorboard and (missing := tracking.tensorboard_missing()):
         raise ConfigError(missing)
+    distribution.initialize(config)  # several hosts: join them before any computation
+    placement = Placement.plan(config)
     run = run or runs.create_run(config.runs_dir, config.name)
     with run.claim():  # one trainer per run directory (RunLocked otherwise), with a heartbeat
         if resume:
@@ -86,9 +90,10 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
         run.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                           backend=keras.backend.backend(), started_at=runs.now(), completed_stages=completed,
                           stage="setup", progress=0.0)
-        with _cancel_on_sigterm(), _precision(config.precision) as precision, _tensorboard(config, run) as log:
+        with (_cancel_on_sigterm(), _precision(config.precision) as precision, _tensorboard(config, run) as log,
+              placement.scope()):
             try:
-                _execute(config, run, completed, precision, verbose, resume, log)
+                _execute(config, run, completed, precision, verbose, resume, placement, log)
             except (KeyboardInterrupt, RunCancelled):
                 _record_outcome(run, state="cancelled", error="cancelled by the user")
                 raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
@@ -138,7 +143,7 @@ def describe_error(error: BaseException, run: runs.Run | None = None) -> str:
 
 
 def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose, resume: bool,
-             tensorboard: tracking.TensorBoardLog | None = None) -> None:
+             placement: Placement, tensorboard: tracking.TensorBoardLog | None = None) -> None:
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     run.update_status(stage="data")
@@ -158,10 +163,14 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
 
     total_epochs = sum(getattr(config, stage).epochs for stage in STAGES)
     summaries: dict[str, dict] = {}
+    learning_rates = {}
     for index, stage in enumerate(STAGES):
         stage_config = getattr(config, stage)
         if stage_config.epochs == 0 or stage in completed:
             continue
+        stage_config = dataclasses.replace(
+            stage_config, learning_rate=placement.learning_rate(config, stage_config.learning_rate))
+        learning_rates[stage] = stage_config.learning_rate
         epochs_before = sum(getattr(config, s).epochs for s in STAGES[:index])
         monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs, tensorboard)
         run.update_status(stage=stage, epoch=0, epochs=stage_config.epochs, elapsed_s=0.0, eta_s=None)
@@ -197,6 +206,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
                 for s, v in summaries.items()},
         data_sizes=splits.sizes(),
         data_fingerprint=splits.fingerprint(),
+        distribution={**placement.describe(config), "learning_rates": learning_rates},
         **caches.metrics(list(summaries)),
     )
     run.write_metrics(metrics)

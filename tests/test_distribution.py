@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, SMOKE, run_cli
+from tests.helpers import REPO, SMOKE, only_run, run_cli
 from tlkit.batches import ArrayBatches
 
 ON_JAX = keras.backend.backend() == "jax"
@@ -165,3 +166,28 @@ def test_a_four_device_run_matches_the_one_device_run_and_counts_every_test_imag
     assert np.allclose(one_epochs[:, :2], four_epochs[:, :2], rtol=1e-4)
     assert np.array_equal(one_epochs[:, 2], four_epochs[:, 2])  # validation accuracy: exactly the same counts
     assert four["test_accuracy"] == one["test_accuracy"]
+
+
+@JAX_ONLY
+def test_two_hosts_train_one_model_through_the_cli(tmp_path, synthetic_data_dir):
+    """Two trainer processes joined by keras.distribution.initialize (one CPU device each, a real
+    coordinator on localhost): each feeds its half of every batch, both end with the same model."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hosts = [subprocess.Popen(
+        [sys.executable, "-m", "tlkit.train", *SMOKE, "--data-dir", synthetic_data_dir, "--train-limit", "262",
+         "--test-limit", "99", "--runs-dir", tmp_path / f"host{index}", "--cache-dir", tmp_path / f"cache{index}",
+         "--distribution", "data_parallel", "--coordinator-address", f"127.0.0.1:{port}",
+         "--num-processes", "2", "--process-id", str(index), "--finetune-epochs", "0"],
+        cwd=REPO, env={**os.environ, **devices_env(1)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for index in (0, 1)]
+    logs = [host.communicate(timeout=300)[0] for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    metrics = [only_run(tmp_path / f"host{index}").metrics() for index in (0, 1)]
+    histories = [only_run(tmp_path / f"host{index}").history() for index in (0, 1)]
+    assert [m["distribution"]["process_id"] for m in metrics] == [0, 1]
+    assert all(m["distribution"]["processes"] == 2 and len(m["distribution"]["devices"]) == 2 for m in metrics)
+    assert metrics[0]["confusion_matrix"] == metrics[1]["confusion_matrix"]
+    assert np.sum(metrics[0]["confusion_matrix"]) == 99
+    assert [row["loss"] for row in histories[0]] == [row["loss"] for row in histories[1]]

@@ -46,7 +46,7 @@ from tlkit import environment
 from tlkit.batches import ArrayBatches
 from tlkit.config import Config
 from tlkit.data import Splits
-from tlkit.distribution import batch_multiple, round_up
+from tlkit.distribution import batch_multiple, predict_across_hosts, process_share, round_up
 from tlkit.model import BoundarySplit, Classifier, GraphSplitError
 from tlkit.runs import pid_alive
 
@@ -173,7 +173,10 @@ def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, o
     for start in range(0, len(images), chunk):
         callbacks = [PredictProgress(on_progress, start, len(images), batch_size)] if on_progress else []
         part = _padded(images[start:start + chunk], multiple)
-        values = model.predict(part, batch_size=batch_size, verbose=0, callbacks=callbacks)
+        if process_share()[1] > 1:
+            values = predict_across_hosts(model, part, batch_size)
+        else:
+            values = model.predict(part, batch_size=batch_size, verbose=0, callbacks=callbacks)
         values = values if isinstance(values, (list, tuple)) else [values]
         count = min(chunk, len(images) - start)
         for target, value in zip(outputs, values):
@@ -264,8 +267,13 @@ class BoundaryActivations:
         arrays = self.get(name, images, on_progress)
         # Batch by batch: Keras would cast all of the float16 activations to float32 at once.
         multiple = batch_multiple()
-        batches = ArrayBatches(arrays, batch_size=round_up(self.batch_size, multiple), multiple_of=multiple)
-        features = self.split.features_model.predict(batches, verbose=0)
+        batch_size = round_up(self.batch_size, multiple)
+        if process_share()[1] > 1:
+            padded = [_padded(array, multiple) for array in arrays]
+            (features,) = predict_across_hosts(self.split.features_model, padded, batch_size)
+        else:
+            batches = ArrayBatches(arrays, batch_size=batch_size, multiple_of=multiple)
+            features = self.split.features_model.predict(batches, verbose=0)
         return np.asarray(features[:len(images)], dtype="float32")
 
     def _compute(self, images: np.ndarray, on_progress: Progress | None) -> list[np.ndarray]:

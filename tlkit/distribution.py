@@ -33,6 +33,7 @@ import os
 import sys
 
 import keras
+import numpy as np
 
 from tlkit.config import Config, ConfigError, DistributionConfig
 from tlkit.environment import list_devices
@@ -110,6 +111,7 @@ class Placement:
             yield
             return
         distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+        distribution.auto_shard_dataset = False  # each host's ArrayBatches already yield its share
         with distribution.scope():
             yield
 
@@ -143,6 +145,38 @@ def process_share() -> tuple[int, int]:
     import jax  # backend-specific: the process index of a multi-host JAX cluster
 
     return jax.process_index(), jax.process_count()
+
+
+def predict_across_hosts(model: keras.Model, images, batch_size: int) -> list:
+    """`model`'s outputs on `images` (the same array, or list of arrays, on every host) when a run
+    spans several hosts.
+
+    Keras' JAX `predict` cannot return outputs that live on other hosts' devices, so each host
+    feeds its share of every batch, the devices compute the whole batch, and every host gathers
+    all of the outputs. `batch_size` and len(images) must be multiples of the device count.
+    Backend-specific: JAX only (the only backend with multi-host Keras distribution).
+    """
+    import jax
+    from jax.experimental import multihost_utils
+
+    distribution = keras.distribution.distribution()
+    index, count = jax.process_index(), jax.process_count()
+    forward = jax.jit(lambda x: model(x, training=False))
+
+    def local_share(array, start):
+        batch = array[start:start + batch_size]
+        share = len(batch) // count
+        mine = batch[index * share:(index + 1) * share]
+        mine = mine.astype("float32") if np.issubdtype(mine.dtype, np.floating) else mine
+        layout = distribution.get_data_layout(batch.shape).backend_layout
+        return jax.make_array_from_process_local_data(layout, mine)
+
+    outputs = []
+    for start in range(0, len(keras.tree.flatten(images)[0]), batch_size):
+        values = forward(keras.tree.map_structure(lambda array, start=start: local_share(array, start), images))
+        values = values if isinstance(values, (list, tuple)) else [values]
+        outputs.append([multihost_utils.process_allgather(value, tiled=True) for value in values])
+    return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
 def round_up(value: int, factor: int) -> int:

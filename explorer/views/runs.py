@@ -1,6 +1,9 @@
 """Runs page: every run in the runs directory (explorer- or CLI-launched): filter by state, text or tag,
 the best run per metric, select to compare; per run: log, title/tags/notes, clone, downloads, delete."""
 
+import hashlib
+import json
+
 import streamlit as st
 
 from explorer import session, tables, ui
@@ -62,10 +65,15 @@ if picked:
 st.subheader("Run details")
 by_id = {s.run_id: s for s in shown}
 if by_id:
-    default = picked[0] if picked else next(iter(by_id))
-    run_id = st.selectbox("Run", list(by_id), index=list(by_id).index(default), key="runs:detail",
-                          format_func=lambda i: f"{by_id[i].label} · {by_id[i].state}"
-                          + (f" ({i})" if by_id[i].label != i else ""))
+    labels = {i: f"{s.label} · {s.state}" + (f" ({i})" if s.label != i else "") for i, s in by_id.items()}
+    remembered = st.session_state.get("runs:detail_id")
+    default = remembered if remembered in by_id else picked[0] if picked else next(iter(by_id))
+    # Streamlit keeps drawing a selectbox's old labels when only format_func's output changes
+    # (streamlit#13788), e.g. after a rename: a key per set of labels redraws it, on the same run.
+    digest = hashlib.sha1(json.dumps(labels).encode()).hexdigest()[:10]
+    run_id = st.selectbox("Run", list(by_id), index=list(by_id).index(default), key=f"runs:detail:{digest}",
+                          format_func=labels.get)
+    st.session_state["runs:detail_id"] = run_id
     summary = by_id[run_id]
     if summary.state in ("queued", "running"):
         ui.run_card(summary, scope="details")

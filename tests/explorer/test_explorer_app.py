@@ -301,6 +301,11 @@ def runs_page() -> AppTest:
     return at.switch_page("views/runs.py").run()
 
 
+def run_picker(at: AppTest):
+    """The Run details picker (its key changes with its labels, see explorer/views/runs.py)."""
+    return next(box for box in at.selectbox if box.label == "Run")
+
+
 def test_runs_table_lists_every_run_and_flags_differences(populated):
     at = runs_page()
     assert not at.exception
@@ -335,7 +340,7 @@ def test_runs_filter_and_details_of_broken_runs(populated):
 def test_runs_page_shows_a_live_run_beside_the_strip(populated, runs_dir, no_worker):
     run = launcher.queue_run(runs_dir, forms.build_config(forms.preset_values("smoke")), backend="jax")
     at = runs_page()
-    at.selectbox(key="runs:detail").select(run.run_id).run()
+    run_picker(at).select(run.run_id).run()
     assert not at.exception  # the same card in the page and in the sidebar, under different keys
     at.button(key=f"cancel:details:{run.run_id}").click().run()
     assert run.status()["state"] == "cancelled"
@@ -344,7 +349,7 @@ def test_runs_page_shows_a_live_run_beside_the_strip(populated, runs_dir, no_wor
 def test_delete_asks_for_confirmation(populated):
     at = runs_page()
     target = populated["a"]
-    at.selectbox(key="runs:detail").select(target.run_id).run()
+    run_picker(at).select(target.run_id).run()
     at.button(key=f"delete:{target.run_id}").click().run()
     assert target.path.exists()
     assert any("cannot be undone" in w.value for w in at.warning)
@@ -359,7 +364,7 @@ def test_titles_tags_notes_are_stored_in_the_run_and_shown_everywhere(populated)
     at = runs_page()
     best = dict(zip(at.dataframe[0].value["run"], at.dataframe[0].value["best"]))
     assert best[b.run_id] == "★ test acc, macro F1" and best[a.run_id] == ""
-    at.selectbox(key="runs:detail").select(a.run_id).run()
+    run_picker(at).select(a.run_id).run()
     at.text_input(key=f"tags:{a.run_id}").input("x" * 41)
     at.button(key=f"save-notes:{a.run_id}").click().run()
     assert any("at most 40 characters" in e.value for e in at.error)  # Run.annotate's message
@@ -371,6 +376,9 @@ def test_titles_tags_notes_are_stored_in_the_run_and_shown_everywhere(populated)
                                "notes": "val loss still falling"}
     frame = at.dataframe[0].value
     assert dict(zip(frame["run"], frame["title"]))[a.run_id] == "dropout 0.2 baseline"
+    # The picker shows the new title at once, still on the same run (Streamlit would keep the old label).
+    assert run_picker(at).value == a.run_id
+    assert run_picker(at).options[list(frame["run"]).index(a.run_id)].startswith("dropout 0.2 baseline · ")
     assert any("**dropout 0.2 baseline**" in m.value for m in at.sidebar.markdown)  # the live strip's card
     at.multiselect(key="runs:tags").select("baseline").run()
     assert list(at.dataframe[0].value["run"]) == [a.run_id]
@@ -383,11 +391,11 @@ def test_clone_into_form_relaunches_with_edits_and_files_download(populated, no_
     b = populated["b"]
     b.file(runs.MODEL_FILE).write_bytes(b"PK fake model")
     at = runs_page()
-    at.selectbox(key="runs:detail").select(b.run_id).run()
+    run_picker(at).select(b.run_id).run()
     assert [e.proto.label for e in at.get("download_button")] == ["model.keras", "config.json", "metrics.json"]
-    at.selectbox(key="runs:detail").select(populated["failed"].run_id).run()
+    run_picker(at).select(populated["failed"].run_id).run()
     assert [e.proto.label for e in at.get("download_button")] == ["config.json"]  # only the files it has
-    at.selectbox(key="runs:detail").select(b.run_id).run()
+    run_picker(at).select(b.run_id).run()
     at.button(key=f"clone:{b.run_id}").click().run()
     assert not at.exception
     assert at.slider(key="cfg:model.dropout").value == pytest.approx(0.4)  # beta's config, in the form

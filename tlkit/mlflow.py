@@ -301,6 +301,13 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _metric_name(key: str) -> str:
+    """The MLflow name of a reported value: TensorBoard's `epoch_loss` and history's `lr` as the exporter
+    names them (`loss`, `learning_rate`), so live and exported points land on the same metrics."""
+    key = key.removeprefix("epoch_")
+    return EPOCH_METRICS.get(key, key)
+
+
 def _number(value) -> float | None:
     """`value` as a float (NaN and infinities too, as history.csv keeps them); None for None or a non-number."""
     try:
@@ -574,10 +581,14 @@ class MlflowLog:
         self._offline: str | None = None
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
-        """Logs each number of `values` at global epoch `step` (None, and steps already logged, are skipped)."""
+        """Logs each number of `values` at global epoch `step` (None, and steps already logged, are skipped).
+
+        Keys are the exporter's metric names (`loss`, `accuracy`, `val_loss`, `val_accuracy`,
+        `learning_rate`, `test_accuracy`, ...); TensorBoardLog's `epoch_loss` and history's `lr` map onto them.
+        """
         if self._offline:
             return
-        points = [(EPOCH_METRICS.get(key, key), step, number) for key, value in values.items()
+        points = [(_metric_name(key), step, number) for key, value in values.items()
                   if (number := _number(value)) is not None]
         try:
             with self.tracker.errors():

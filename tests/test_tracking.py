@@ -1,11 +1,14 @@
-"""TensorBoard event files: both stages on one epoch axis, read back with TensorBoard's own reader."""
+"""Tracking: TensorBoard event files (read back with TensorBoard's own reader) and live MLflow logging
+(read back from a real SQLite store)."""
+
+import time
 
 import pytest
 
 import tlkit
 from tlkit.config import ConfigError
 
-from .helpers import smoke_config
+from .helpers import SMOKE, only_run, run_cli, smoke_config
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator", reason="tensorboard is in the dev extra")
@@ -35,4 +38,39 @@ def test_tensorboard_without_the_package_is_a_config_error_before_any_run(synthe
     monkeypatch.setattr(tlkit.tracking, "tensorboard_missing", lambda: "--tensorboard needs the tensorboard package")
     with pytest.raises(ConfigError, match="needs the tensorboard package"):
         tlkit.fit(smoke_config(synthetic_data_dir, tmp_path, tensorboard=True), verbose=0)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_mlflow_uri_logs_the_run_live_and_a_later_export_adds_nothing(synthetic_data_dir, tmp_path):
+    """`--mlflow-uri` through the CLI, as a user runs it, read back from the real SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", tmp_path / "runs", "--cache-dir",
+                     tmp_path / "cache", "--head-epochs", "2", "--mlflow-uri", uri, "--mlflow-experiment", "live")
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path / "runs")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("live")
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.status == "FINISHED" and logged.data.tags["tlkit.run_id"] == run.run_id
+    losses = client.get_metric_history(logged.info.run_id, "loss")
+    assert [(m.step, m.value) for m in losses] == [(i + 1, pytest.approx(row["loss"], rel=1e-5))
+                                                    for i, row in enumerate(run.history())]
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(run.metrics()["test_accuracy"])
+    assert logged.data.params["model.backbone"] == "mini_resnet"
+
+    again = run_cli(run.path, "--tracking-uri", uri, "--experiment", "live", module="tlkit.mlflow")
+    assert again.returncode == 0, again.stderr
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert len(client.get_metric_history(logged.info.run_id, "loss")) == len(losses)
+
+
+def test_an_unreachable_mlflow_uri_stops_the_cli_in_seconds_before_any_run(synthetic_data_dir, tmp_path):
+    start = time.monotonic()
+    result = run_cli(*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", tmp_path / "runs",
+                     "--mlflow-uri", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "mlflow_uri: MLflow tracking server http://127.0.0.1:9 is not reachable" \
+        in result.stderr, result.stderr
+    assert time.monotonic() - start < 60  # the CLI's start-up included; the probe itself gives up in 5 s
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

@@ -78,6 +78,8 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
     config.validate()
     if config.tensorboard and (missing := tracking.tensorboard_missing()):
         raise ConfigError(missing)
+    if config.mlflow_uri:
+        _check_mlflow(config.mlflow_uri)  # within seconds, before a run directory exists
     distribution.initialize(config)  # several hosts: join them before any computation
     placement = Placement.plan(config)
     run = run or runs.create_run(config.runs_dir, config.name)
@@ -90,18 +92,26 @@ def fit(config: Config, run: runs.Run | None = None, resume: bool = False, verbo
         run.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                           backend=keras.backend.backend(), started_at=runs.now(), completed_stages=completed,
                           stage="setup", progress=0.0)
-        with (_cancel_on_sigterm(), _precision(config.precision) as precision, _tensorboard(config, run) as log,
-              placement.scope()):
-            try:
-                _execute(config, run, completed, precision, verbose, resume, placement, log)
-            except (KeyboardInterrupt, RunCancelled):
-                _record_outcome(run, state="cancelled", error="cancelled by the user")
-                raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
-            except BaseException as error:
-                message = describe_error(error, run)
-                _record_outcome(run, state="failed", error=message, error_field=field_named_in(message))
-                raise
+        # The outcome is recorded inside the trackers (their close logs it) and again outside them
+        # (a tracker that could not start fails the run too).
+        with _cancel_on_sigterm(), _precision(config.precision) as precision, _recording_outcome(run):
+            with _trackers(config, run) as trackers, placement.scope(), _recording_outcome(run):
+                _execute(config, run, completed, precision, verbose, resume, placement, trackers)
     return run
+
+
+@contextlib.contextmanager
+def _recording_outcome(run: runs.Run):
+    """Records `cancelled` or `failed` (with the reason) in status.json for an exception in the block."""
+    try:
+        yield
+    except (KeyboardInterrupt, RunCancelled):
+        _record_outcome(run, state="cancelled", error="cancelled by the user")
+        raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
+    except BaseException as error:
+        message = describe_error(error, run)
+        _record_outcome(run, state="failed", error=message, error_field=field_named_in(message))
+        raise
 
 
 def _record_outcome(run: runs.Run, **fields) -> None:
@@ -143,7 +153,7 @@ def describe_error(error: BaseException, run: runs.Run | None = None) -> str:
 
 
 def _execute(config: Config, run: runs.Run, completed: list[str], precision: str, verbose, resume: bool,
-             placement: Placement, tensorboard: tracking.TensorBoardLog | None = None) -> None:
+             placement: Placement, trackers: list | None = None) -> None:
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     run.update_status(stage="data")
@@ -172,7 +182,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
             stage_config, learning_rate=placement.learning_rate(config, stage_config.learning_rate))
         learning_rates[stage] = stage_config.learning_rate
         epochs_before = sum(getattr(config, s).epochs for s in STAGES[:index])
-        monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs, tensorboard)
+        monitor = _monitor_for(run, stage, stage_config.epochs, epochs_before, total_epochs, trackers)
         run.update_status(stage=stage, epoch=0, epochs=stage_config.epochs, elapsed_s=0.0, eta_s=None)
         # The Keras transfer-learning recipe: freeze or unfreeze, then compile and fit.
         trainable_layers = prepare_stage(classifier, stage, getattr(stage_config, "unfreeze", ""))
@@ -210,9 +220,9 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         **caches.metrics(list(summaries)),
     )
     run.write_metrics(metrics)
-    if tensorboard:
-        tensorboard.scalars(total_epochs, {"test_accuracy": metrics["test_accuracy"],
-                                           "test_loss": metrics.get("test_loss")})
+    for tracker in trackers or []:
+        tracker.scalars(total_epochs, {"test_accuracy": metrics["test_accuracy"],
+                                       "test_loss": metrics.get("test_loss")})
     run.update_status(state="completed", stage="done", progress=1.0, test_accuracy=metrics["test_accuracy"],
                       finished_at=runs.now())
 
@@ -248,10 +258,10 @@ def _count(weights) -> int:
 
 
 def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, total_epochs: int,
-                 tensorboard: tracking.TensorBoardLog | None = None) -> StageMonitor:
+                 trackers: list | None = None) -> StageMonitor:
     """A StageMonitor whose reports land in history.csv and status.json (progress, what is running,
-    and `elapsed_s` / `eta_s` of it: a cache being computed, else the stage's epochs), and in
-    TensorBoard at the run's global epoch when `tensorboard` is given."""
+    and `elapsed_s` / `eta_s` of it: a cache being computed, else the stage's epochs), and in the
+    `trackers` (TensorBoard, MLflow) at the run's global epoch."""
     stage_started = time.perf_counter()
     fit_origin: list[tuple[float, float]] = []  # (time, stage fraction) at the first fit report
     activity_started: dict[str, float] = {}
@@ -276,8 +286,8 @@ def _monitor_for(run: runs.Run, stage: str, epochs: int, epochs_before: int, tot
                             "seconds": round(report.seconds, 3)})
         run.update_status(epoch=report.epoch, progress=overall(report.epoch), **fit_timing(report.epoch),
                           last={k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
-        if tensorboard:
-            tensorboard.scalars(epochs_before + report.epoch, {
+        for tracker in trackers or []:
+            tracker.scalars(epochs_before + report.epoch, {
                 **{f"epoch_{key}": logs.get(key) for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
                 "learning_rate": report.lr})
 
@@ -370,17 +380,33 @@ def save_model(model: keras.Model, run: runs.Run) -> None:
     runs.fsync_path(run.path)
 
 
-@contextlib.contextmanager
-def _tensorboard(config: Config, run: runs.Run):
-    """The run's TensorBoard log with `--tensorboard` (closed however the run ends), else None."""
-    if not config.tensorboard:
-        yield None
-        return
-    log = tracking.TensorBoardLog(run.file("tensorboard"))
+def _check_mlflow(tracking_uri: str) -> None:
+    from tlkit import mlflow
+
+    if missing := mlflow.mlflow_missing():
+        raise ConfigError(f"mlflow_uri: {missing}")
     try:
-        yield log
+        mlflow.check_reachable(tracking_uri)
+    except mlflow.MlflowTrackingError as error:
+        raise ConfigError(f"mlflow_uri: {error}") from None
+
+
+@contextlib.contextmanager
+def _trackers(config: Config, run: runs.Run):
+    """The run's TensorBoard log (`--tensorboard`) and live MLflow run (`--mlflow-uri`), closed
+    however the run ends, after its outcome is recorded (MLflow takes the final status then)."""
+    trackers = []
+    try:
+        if config.tensorboard:
+            trackers.append(tracking.TensorBoardLog(run.file("tensorboard")))
+        if config.mlflow_uri:
+            from tlkit.mlflow import MlflowLog
+
+            trackers.append(MlflowLog(config.mlflow_uri, config.mlflow_experiment, run))
+        yield trackers
     finally:
-        log.close()
+        for tracker in trackers:
+            tracker.close()
 
 
 @contextlib.contextmanager

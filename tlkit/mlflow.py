@@ -207,6 +207,7 @@ def _sqlite_setup_lock(tracking_uri: str):
     if path is None or path.name == ":memory:":
         yield
         return
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow imports before the lock, not in turn
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = os.open(path.parent, os.O_RDONLY)
     try:

@@ -330,13 +330,14 @@ def scatter_figure(points: list[dict[str, Any]], field: str, metric: str = "test
     figure = go.Figure(go.Scatter(
         x=x, y=[point[metric] for point in points], mode="markers+text",
         text=[point.get("label", point["run"]) for point in points], textposition="top center",
+        cliponaxis=False,  # a label at either end may reach into the margin rather than be cut off
         marker={"size": 11, "color": [color(i) for i in range(len(points))]},
         hovertemplate="%{text}<br>" + field + " %{x}<br>" + metric_label + " %{y:.4f}<extra></extra>",
     ))
     figure.update_xaxes(title_text=axis_label(field, [field]) + (" (log)" if log_x and numeric else ""),
                         type="log" if log_x and numeric else None if numeric else "category")
     figure.update_yaxes(title_text=metric_label)
-    figure.update_layout(height=380, margin={"t": 20, "b": 40})
+    figure.update_layout(height=380, margin={"t": 30, "b": 40, "l": 110, "r": 110})
     return figure
 
 

@@ -95,7 +95,7 @@ class EpochReport:
     epoch: int
     epochs: int
     logs: dict
-    lr: float
+    lr: float  # the mean of the rates of the epoch's first and last step
     seconds: float
 
 
@@ -127,6 +127,7 @@ class StageMonitor(keras.callbacks.Callback):
         self.non_finite_at: tuple[int, int] | None = None
         self._epoch = 0
         self._epoch_start = 0.0
+        self._lr_at_start = 0.0
         self._last_progress = 0.0
 
     def activity(self, label: str, verbose) -> Callable[[float], None]:
@@ -145,6 +146,7 @@ class StageMonitor(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_start = time.perf_counter()
+        self._lr_at_start = self._current_lr()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.should_stop and self.should_stop():
@@ -161,10 +163,15 @@ class StageMonitor(keras.callbacks.Callback):
             steps = self.params.get("steps") or 0
             self.on_progress(self._epoch + 1, (batch + 1) / steps if steps else 0.0)
 
+    def _current_lr(self) -> float:
+        return float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
     def on_epoch_end(self, epoch, logs=None):
         if self.non_finite_at or not self.on_epoch or (self.should_stop and self.should_stop()):
             return
-        lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        # The epoch's rate: the mean of its first and last step's (a schedule's last epoch ends at 0,
+        # a warm-up's first starts there; either alone would misstate what the epoch trained at).
+        lr = (self._lr_at_start + self._current_lr()) / 2
         seconds = time.perf_counter() - self._epoch_start
         self.on_epoch(EpochReport(self.stage, epoch + 1, self.epochs, dict(logs or {}), lr, seconds))
 

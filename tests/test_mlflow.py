@@ -1,5 +1,9 @@
 """MLflow tracking (`python -m tlkit.mlflow`, `tlkit.mlflow.MlflowLog`) into a real SQLite MLflow store,
-read back with MLflow's own client; the runs come from one real smoke training."""
+read back with MLflow's own client; the runs come from one real smoke training.
+
+tlkit.mlflow reads run directories and never touches Keras, so these tests run once, under the
+tensorflow backend (the fastest smoke training), not under each backend.
+"""
 
 import shutil
 import socket
@@ -10,23 +14,21 @@ import time
 import keras
 import pytest
 
-import tlkit
-from tlkit import runs
-from tlkit.config import flatten_dict
-
-from .helpers import REPO, run_cli, smoke_config, wait_until
-
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("tlkit.mlflow is backend-independent: its tests run once, under tensorflow", allow_module_level=True)
 pytest.importorskip("mlflow", reason="mlflow is in the dev extra")
-# MLflow's SQL store still uses a SQLAlchemy loader that SQLAlchemy 2.1 deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+import tlkit  # noqa: E402
+from tlkit import runs  # noqa: E402
+from tlkit.config import flatten_dict  # noqa: E402
 from tlkit.mlflow import MlflowLog, MlflowTrackingError, main  # noqa: E402
 
-# Tests that need no trained run and are slow run under one backend only: tlkit.mlflow never touches Keras.
-ONCE = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="backend-independent and slow: "
-                                                                          "runs once, under tensorflow")
+from .helpers import REPO, run_cli, smoke_config, wait_until  # noqa: E402
+
+# MLflow's SQL store still uses a SQLAlchemy loader that SQLAlchemy 2.1 deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
 EPOCH_METRICS = {"loss": "loss", "accuracy": "accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy",
                  "learning_rate": "lr"}
 RUN_FILES = {"config.json", "metrics.json", "history.csv", "status.json", "data.json", "model.keras",
@@ -224,29 +226,28 @@ def test_without_mlflow_the_cli_says_which_extra_to_install(trained):
 
 
 
-@ONCE
 def test_trainers_starting_at_once_on_a_new_sqlite_store_all_log(tmp_path):
     """A sweep's trainers open one new SQLite store at the same moment: MLflow would create its tables
     in each and leave the database unusable; tlkit sets the store up one process at a time."""
     uri, go = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", tmp_path / "go"
-    script = ("import sys, time, pathlib\n"
-              "import mlflow.tracking\n"
-              "from tlkit import runs\n"
-              "from tlkit.mlflow import MlflowLog\n"
-              "pathlib.Path(sys.argv[2] + '.ready').touch()\n"
-              "while not pathlib.Path(sys.argv[3]).exists(): time.sleep(0.01)\n"
-              "MlflowLog(sys.argv[1], 'sweep', runs.Run(sys.argv[2]))\n")
     trials = []
     for index in range(2):
-        run = runs.create_run(tmp_path / "runs", name=f"trial-{index}")
-        run.write_config(tlkit.Config.from_preset("smoke").to_dict())
-        trials.append(subprocess.Popen([sys.executable, "-c", script, uri, str(run.path), str(go)], cwd=REPO,
-                                       stderr=subprocess.PIPE, text=True))
-    assert wait_until(lambda: len(list((tmp_path / "runs").glob("*.ready"))) == len(trials), timeout=60)
-    go.touch()  # both open the new store now
-    for trial in trials:
-        assert trial.wait(timeout=120) == 0, trial.stderr.read()
+        trial = runs.create_run(tmp_path / "runs", name=f"trial-{index}")
+        trial.write_config(tlkit.Config.from_preset("smoke").to_dict())
+        trials.append(trial)
+    script = ("import sys, time, pathlib\n"
+              "import mlflow.store.tracking.sqlalchemy_store\n"
+              "from tlkit import runs\n"
+              "from tlkit.mlflow import MlflowLog\n"
+              "pathlib.Path(sys.argv[3] + '.ready').touch()\n"
+              "while not pathlib.Path(sys.argv[3]).exists(): time.sleep(0.005)\n"
+              "MlflowLog(sys.argv[1], 'sweep', runs.Run(sys.argv[2]))\n")
+    other = subprocess.Popen([sys.executable, "-c", script, uri, str(trials[0].path), str(go)], cwd=REPO,
+                             stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: go.with_suffix(".ready").exists() or other.poll() is not None, timeout=60)
+    go.touch()  # the other trainer and this one open the new store now
+    MlflowLog(uri, "sweep", trials[1])
+    assert other.wait(timeout=120) == 0, other.stderr.read()
     _, logged = mlflow_runs(uri, "sweep")
-    expected = sorted(run.run_id for run in runs.list_runs(tmp_path / "runs"))
-    assert sorted(r.data.tags["tlkit.run_id"] for r in logged) == expected
+    assert sorted(r.data.tags["tlkit.run_id"] for r in logged) == sorted(trial.run_id for trial in trials)
     assert {r.info.status for r in logged} == {"RUNNING"}

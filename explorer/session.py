@@ -11,8 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from explorer import worker
-from tlkit import runs
+from tlkit import run_queue, runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,4 +29,4 @@ def runs_dir(argv: list[str] | None = None) -> Path:
 
 def max_concurrent(argv: list[str] | None = None) -> int:
     value = parse_args(argv).max_concurrent
-    return max(1, value) if value else worker.default_max_concurrent()
+    return max(1, value) if value else run_queue.default_max_concurrent()

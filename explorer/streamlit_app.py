@@ -16,6 +16,7 @@ pages = st.navigation([
     st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),
     st.Page("views/runs.py", title="Runs", icon=":material/table_rows:"),
     st.Page("views/compare.py", title="Compare", icon=":material/monitoring:"),
+    st.Page("views/sweeps.py", title="Sweeps", icon=":material/tune:"),
 ])
 
 with st.sidebar:

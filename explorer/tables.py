@@ -39,7 +39,7 @@ IGNORED_FIELDS = ("name", "runs_dir")
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
                "cancelled": ":material/cancel:", "crashed": ":red[:material/heart_broken:]",
-               "unknown": ":orange[:material/help:]"}
+               "stopped": ":orange[:material/content_cut:]", "unknown": ":orange[:material/help:]"}
 
 
 class RunSummary:

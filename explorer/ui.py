@@ -14,8 +14,8 @@ from typing import Any
 
 import streamlit as st
 
-from explorer import forms, launcher, offline, tables, worker
-from tlkit import runs
+from explorer import forms, launcher, offline, tables
+from tlkit import run_queue, runs
 from tlkit.config import (
     BACKBONE_BLOCKS,
     KERAS_HUB_PREFIX,
@@ -427,8 +427,8 @@ def run_card(summary: tables.RunSummary, scope: str = "") -> None:
                 st.toast(launcher.cancel_run(summary.run))
         elif summary.state == "completed":
             st.markdown(outcome(summary))
-        if summary.state == "cancelled":
-            st.caption(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
+        if summary.state in ("cancelled", "stopped"):  # stopped: ended early by a sweep's scheduler
+            st.caption(f"{summary.state}{': ' + summary.error if summary.error else ''}; its history is kept.")
         elif summary.error and summary.state != "completed":
             st.error(forms.error_for_form(summary.error, summary.error_field))
 
@@ -463,7 +463,7 @@ def live_strip(runs_dir) -> None:
 def _queue_line(runs_dir, live: list[tables.RunSummary]) -> None:
     """Queue length and workers; offers to restart a worker if runs wait without one."""
     queued = sum(s.state == "queued" for s in live)
-    workers = worker.active_workers(runs_dir) if runs_dir.is_dir() else []
+    workers = run_queue.active_workers(runs_dir) if runs_dir.is_dir() else []
     st.caption(f"Queue: {queued} queued · {len(live) - queued} running · "
                f"{'worker pid ' + ', '.join(map(str, workers)) if workers else 'no worker'}")
     # After a reboot (or a killed worker) queued runs wait for nobody.
@@ -481,8 +481,8 @@ def run_details(summary: tables.RunSummary, best: dict[str, str] | None = None) 
     marks = tables.best_marks(summary, best or {})
     st.markdown(f"**{summary.label}** · `{run.run_id}` · {tables.STATE_ICONS[summary.state]} {summary.state}"
                 + (f" · :orange[{marks}]" if marks else ""))
-    if summary.state == "cancelled":
-        st.info(f"cancelled{': ' + summary.error if summary.error else ''}; its history is kept.")
+    if summary.state in ("cancelled", "stopped"):
+        st.info(f"{summary.state}{': ' + summary.error if summary.error else ''}; its history is kept.")
     elif summary.error:
         st.error(f"{summary.state}: {forms.error_for_form(summary.error, summary.error_field)}")
     run_actions(summary)

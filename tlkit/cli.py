@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="Print the resolved config and exit.")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0: silent, 1: a progress bar per epoch (default), 2: one line per epoch (for log files).")
+    add_config_arguments(parser)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """A flag per `Config` field (but `preset`), in a group per config group; read them back with
+    `config_flags` (`python -m tlkit.sweep` takes the same flags)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in field_specs():
         if spec.key == "preset":  # recorded by --preset itself
@@ -76,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             group.add_argument(f"--{spec.flag}", metavar=spec.type.__name__.upper(), choices=spec.choices,
                                **kwargs)
-    return parser
+
+
+def config_flags(args: argparse.Namespace) -> dict:
+    """The config fields given as flags, by dotted key (`{"model.dropout": "0.3"}`), not yet coerced."""
+    return {key: value for key, value in vars(args).items() if "." in key or key in _TOP_LEVEL}
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -86,7 +97,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         ConfigError: for invalid values, and for flags that would do nothing or silently
             replace something (a preset with --existing-run, --resume without it).
     """
-    flags = {key: value for key, value in vars(args).items() if "." in key or key in _TOP_LEVEL}
+    flags = config_flags(args)
     file_values = read_config_file(args.config) if args.config else {}
     file_preset = file_values.pop("preset", "") or ""
     if args.resume and not args.existing_run:

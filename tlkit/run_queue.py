@@ -1,11 +1,14 @@
-"""The run queue: a detached worker that trains queued runs one after another.
+"""The run queue: queued run directories and a worker that trains them one after another.
 
-The explorer never trains in the Streamlit process. "Launch" writes a queued run
-directory and starts this worker (`python -m explorer.worker --runs-dir DIR`) in
-its own session, so it outlives the browser tab and the Streamlit server. The
-worker holds one of `max_concurrent` slot locks in the runs directory, takes the
-oldest queued run, runs `python -m tlkit.train --existing-run <run>` with
-`KERAS_BACKEND` set from the run's status, and repeats until nothing is queued.
+`queue_run` writes a queued run directory (config + Keras backend); a worker
+(`python -m tlkit.run_queue --runs-dir DIR`, started detached by `start_worker`
+in its own session so it outlives whoever started it) holds one of
+`max_concurrent` slot locks in the runs directory, takes the oldest queued run,
+runs `python -m tlkit.train --existing-run <run>` with `KERAS_BACKEND` set from
+the run's status, and repeats until nothing is queued. The explorer's Launch
+button and `python -m tlkit.sweep --engine local` both queue here; the explorer
+never trains in the Streamlit process. (`python -m explorer.worker` is the same
+worker under its old name.)
 
 All state changes to queued runs (queueing, claiming, cancelling) happen under
 one short lock (`.queue.lock`), so a run is started at most once and a run
@@ -14,6 +17,17 @@ cancelled while queued is never started.
 Tests (and experiments) can swap the trainer: `--train-cmd` or the env var
 `TLKIT_EXPLORER_TRAIN_CMD` holds a command line (split with `shlex`, never run
 through a shell) that gets `--existing-run <run>` appended.
+
+Example:
+
+```python
+from tlkit import run_queue
+from tlkit.config import Config
+
+run = run_queue.queue_run("runs", Config.from_preset("smoke"), backend="jax", tags=["try"])
+run_queue.work("runs")            # trains it (and anything else queued) in this process
+# or: run_queue.start_worker("runs") for a detached worker; run_queue.cancel_run(run) to cancel
+```
 """
 
 from __future__ import annotations
@@ -27,10 +41,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 from tlkit import runs
+from tlkit.config import Config
 
 QUEUE_LOCK = ".queue.lock"
 SLOT_LOCK = ".queue-worker-{}.lock"
@@ -98,6 +114,27 @@ def active_workers(runs_dir: Path) -> list[int]:
 
 
 # ---- the queue ------------------------------------------------------------------
+
+
+def queue_run(runs_dir, config: Config, backend: str | None, tags=()) -> runs.Run:
+    """Writes a queued run directory (config, backend and `tags`) for a worker to pick up.
+
+    Args:
+        runs_dir: the runs directory the worker watches.
+        config: the run's config (the trainer validates it).
+        backend: the Keras backend the trainer runs under (None: the worker's environment decides).
+        tags: annotations.json tags (e.g. a sweep's `sweep:<id>`), written before a worker can see the run.
+    """
+    runs_dir = Path(runs_dir)
+    name = config.name or config.preset or "run"
+    # Under the queue lock, so a worker never sees a queued run without its config.
+    with queue_lock(runs_dir):
+        run = runs.create_run(runs_dir, name, state="queued")
+        run.write_config(config.to_dict())
+        if tags:
+            run.annotate(tags=list(tags))
+        run.update_status(backend=backend, queued_at=time.time())
+    return run
 
 
 def queue_position(run: runs.Run, status: dict) -> tuple[float, str]:
@@ -208,21 +245,26 @@ def finish(run: runs.Run, returncode: int) -> dict:
     )
 
 
-def work(runs_dir, max_concurrent: int = 1, train_cmd=None) -> int:
-    """Trains queued runs until none are left; returns the number of runs started."""
+def work(runs_dir, max_concurrent: int = 1, train_cmd=None, should_stop=None, say=None) -> int:
+    """Trains queued runs until none are left (or `should_stop()` is true before the next one);
+    returns the number of runs started. `say` gets a line per start and finish (default: print)."""
     runs_dir = Path(runs_dir).resolve()
     started = 0
+    should_stop = should_stop or (lambda: False)
+    say = say or (lambda line: print(line, flush=True))
     while True:
+        if should_stop():
+            return started
         slot = acquire_slot(runs_dir, max_concurrent)
         if slot is None:
             return started  # enough workers are busy; they will pick up our runs
         try:
-            while (job := claim_next(runs_dir, train_cmd)) is not None:
+            while not should_stop() and (job := claim_next(runs_dir, train_cmd)) is not None:
                 run, process = job
                 started += 1
-                print(f"{runs.now()} started {run.run_id} (pid {process.pid})", flush=True)
+                say(f"{runs.now()} started {run.run_id} (pid {process.pid})")
                 finish(run, process.wait())
-                print(f"{runs.now()} finished {run.run_id}: {run.status().get('state')}", flush=True)
+                say(f"{runs.now()} finished {run.run_id}: {run.status().get('state')}")
         finally:
             release_slot(slot)
         # A run queued while we were releasing the slot would have no worker; look again.
@@ -230,14 +272,14 @@ def work(runs_dir, max_concurrent: int = 1, train_cmd=None) -> int:
             return started
 
 
-# ---- used by the explorer -------------------------------------------------------
+# ---- starting and cancelling ----------------------------------------------------
 
 
 def start_worker(runs_dir, max_concurrent: int = 1, train_cmd: str | None = None) -> subprocess.Popen:
     """Starts a detached worker (own session, output to `<runs_dir>/.queue-worker.log`)."""
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "explorer.worker", "--runs-dir", str(runs_dir),
+    argv = [sys.executable, "-m", "tlkit.run_queue", "--runs-dir", str(runs_dir),
             "--max-concurrent", str(max_concurrent)]
     if train_cmd:
         argv += ["--train-cmd", train_cmd]
@@ -246,8 +288,43 @@ def start_worker(runs_dir, max_concurrent: int = 1, train_cmd: str | None = None
                                 env=child_env(None), cwd=os.getcwd(), start_new_session=True)
 
 
+def _looks_like_trainer(pid: int, run: runs.Run) -> bool:
+    """Guards against signalling a recycled pid: the process must mention tlkit or the run."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return not Path("/proc/self").exists()  # no procfs (macOS): trust status.json
+    return run.run_id in cmdline or "tlkit" in cmdline
+
+
+def cancel_run(run: runs.Run) -> str:
+    """Cancels a queued run (marks it) or a running one (SIGTERM to its trainer).
+
+    Returns:
+        A sentence saying what happened.
+    """
+    with queue_lock(run.path.parent):
+        status = run.status()
+        state = status.get("state")
+        if state == "queued":
+            run.update_status(state="cancelled", finished_at=runs.now(), error=None)
+            return f"{run.run_id}: cancelled before it started."
+        if state != "running":
+            return f"{run.run_id} is {state}; nothing to cancel."
+        pid = status.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return f"{run.run_id}: no trainer pid recorded yet; try again in a moment."
+        if not _looks_like_trainer(pid, run):
+            return f"{run.run_id}: pid {pid} is not its trainer any more; not signalling it."
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return f"{run.run_id}: the trainer (pid {pid}) has already exited."
+    return f"{run.run_id}: asked the trainer (pid {pid}) to stop; it will be marked cancelled."
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explorer.worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tlkit.run_queue", description=__doc__.split("\n")[0])
     parser.add_argument("--runs-dir", default=None,
                         help="Runs directory (default: $TLKIT_RUNS_DIR or ./runs).")
     parser.add_argument("--max-concurrent", type=int, default=default_max_concurrent(),

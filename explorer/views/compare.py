@@ -25,7 +25,7 @@ selected = st.multiselect("Runs to compare", list(by_id), key="compare:runs",
 chosen = [by_id[i] for i in selected]
 label = tables.distinct_labels(chosen)  # run id → its name in legends and titles
 for summary in chosen:
-    if summary.state in ("failed", "unknown") or (summary.error and summary.state != "cancelled"):
+    if summary.state in ("failed", "unknown") or (summary.error and summary.state not in ("cancelled", "stopped")):
         reason = summary.error or "no error recorded"
         with st.expander(f":orange[:material/warning:] {summary.label} is {summary.state}: {reason}"):
             st.code(tables.clean_log(summary.run.log_tail()) or "(no train.log)", language=None)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import worker
-from tlkit import runs
+from tlkit import run_queue, runs
 
 from .explorer_fixtures import FAKE_TRAINER_CMD, make_completed, make_corrupt, make_failed
 
@@ -18,7 +17,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
     path.mkdir()
     monkeypatch.setenv("TLKIT_RUNS_DIR", str(path))
-    monkeypatch.setenv(worker.TRAIN_CMD_ENV, shlex.join(FAKE_TRAINER_CMD))
+    monkeypatch.setenv(run_queue.TRAIN_CMD_ENV, shlex.join(FAKE_TRAINER_CMD))
     return path
 
 

@@ -138,6 +138,18 @@ def summary_rows(measurement: Measurement) -> list[SummaryRow]:
 # ---- the document -------------------------------------------------------------------------------------
 
 
+# Until a GPU session fills them (docs/results.md says how), no GPU figure exists: say so, don't estimate.
+GPU_NOTE = (
+    "**GPU: open.** No GPU measurement has been made (no session has been lent one). The prepared run "
+    "`benchmarks/gpu_run.sh` (device tool `run`: command `bash benchmarks/gpu_run.sh`, carry `[\".gpu-pack\"]` "
+    "after `.venv/bin/python -m benchmarks.gpu_pack pack`, `timeout_s` 600) returns `summary.json` with, per recipe "
+    "and stage, images/s per epoch, the steady-state median over the epochs after the first (the first also "
+    "compiles) and tlkit's own `images_per_second` from `metrics.json`, plus the wall time of every phase "
+    "(install, unpack, backend probe, each recipe), `nvidia-smi` output and package versions. Precision is "
+    "`auto` (mixed_float16 on a GPU); the backend is jax, or torch if jax fails the probe."
+)
+
+
 def render(runs: list[dict]) -> str:
     """The whole markdown document from one or more saved runs (`results.json` contents), in any order."""
     current, older = select(runs)
@@ -152,6 +164,7 @@ def render(runs: list[dict]) -> str:
         "states the load average its cases saw, and *CPU util.* is a child's CPU seconds / wall seconds during the "
         "measured phase (≈ the core count when it had the machine to itself, ≈ 1 when it got one core's worth).",
         render_summary(current),
+        GPU_NOTE,
         "## Machine",
         render_machine(current),
     ]

@@ -3,6 +3,7 @@
 
 import time
 
+import keras
 import pytest
 
 import tlkit
@@ -41,6 +42,12 @@ def test_tensorboard_without_the_package_is_a_config_error_before_any_run(synthe
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+# tlkit.mlflow never touches Keras; its live path runs once in CI, in the tensorflow pass (as tests/test_mlflow.py).
+MLFLOW_ONCE = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                 reason="MLflow logging is backend-independent: checked in the tensorflow pass")
+
+
+@MLFLOW_ONCE
 def test_mlflow_uri_logs_the_run_live_and_a_later_export_adds_nothing(synthetic_data_dir, tmp_path):
     """`--mlflow-uri` through the CLI, as a user runs it, read back from the real SQLite store."""
     from mlflow.tracking import MlflowClient
@@ -66,6 +73,7 @@ def test_mlflow_uri_logs_the_run_live_and_a_later_export_adds_nothing(synthetic_
     assert len(client.get_metric_history(logged.info.run_id, "loss")) == len(losses)
 
 
+@MLFLOW_ONCE
 def test_an_unreachable_mlflow_uri_stops_the_cli_in_seconds_before_any_run(synthetic_data_dir, tmp_path):
     start = time.monotonic()
     result = run_cli(*SMOKE, "--data-dir", synthetic_data_dir, "--runs-dir", tmp_path / "runs",

@@ -772,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"({RAY_EXTRA}).")
     parser.add_argument("--address", metavar="ADDR", default=None,
                         help="--engine ray: join the Ray cluster at HOST:PORT (as printed by `ray start --head`), "
-                             "ray://HOST:PORT or auto; default: start a local cluster ($RAY_ADDRESS if set).")
+                             "ray://HOST:PORT, or auto (the one running on this machine); default: $RAY_ADDRESS, "
+                             "else a new local cluster.")
     parser.add_argument("--dry-run", action="store_true",
                         help="Validate the spec, print it resolved (and the local engine's trials) and exit.")
     add_config_arguments(parser)

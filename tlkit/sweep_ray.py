@@ -237,19 +237,21 @@ def scheduler(spec: SweepSpec):
 
 
 def connect(address: str | None) -> str:
-    """`ray.init`: joins `address` (or $RAY_ADDRESS), else starts a local cluster; returns a line
-    saying which.
+    """`ray.init`: joins `address` (or $RAY_ADDRESS), else starts a new local cluster (even when
+    one runs here already: pass `--address auto` to join that); returns a line saying which.
 
     Raises:
-        SweepError: the cluster did not answer. One that accepts the connection but never answers
-            as Ray ends the process after INIT_TIMEOUT_SECONDS with the reason (Ray would retry for
-            longer); nothing is written before this.
+        SweepError: the cluster refused us. One that accepts the connection but never answers as
+            Ray (or refuses our token) ends the process after INIT_TIMEOUT_SECONDS with the reason
+            (Ray would retry for longer); nothing is written before this.
     """
     joining = address or os.environ.get("RAY_ADDRESS")
 
     def give_up():
         print(f"error: --address {joining}: no Ray cluster answered within {INIT_TIMEOUT_SECONDS:.0f} s; check "
-              "the address `ray start --head` printed (nothing was started)", file=sys.stderr, flush=True)
+              "the address `ray start --head` printed, and with token authentication on the cluster set "
+              "RAY_AUTH_MODE=token here (and RAY_AUTH_TOKEN from `ray get-auth-token` on another machine); "
+              "nothing was started", file=sys.stderr, flush=True)
         os._exit(2)
 
     watchdog = threading.Timer(INIT_TIMEOUT_SECONDS, give_up) if joining else None
@@ -258,9 +260,9 @@ def connect(address: str | None) -> str:
         watchdog.start()
     started = time.monotonic()
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        ray.init(address=joining or "local", include_dashboard=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError) as error:
-        raise SweepError(f"--address {joining}: {str(error).strip().splitlines()[0]}; check the address "
+        raise SweepError(f"--address {joining}: {str(error).strip().splitlines()[0].rstrip('.')}; check the address "
                          "`ray start --head` printed, or leave out --address for a local cluster") from None
     finally:
         if watchdog:

@@ -346,7 +346,8 @@ def test_launch_watch_cancel_and_compare(page, explorer, capsys):
     page.get_by_text("Saved the title, tags and notes").wait_for()
     assert third.annotations()["title"] == "cancelled on purpose"  # shown in the strip: see the AppTest tests
     # The run picker shows the new title at once (Streamlit alone would keep drawing the old label).
-    page.locator('[data-testid="stSelectbox"]', has_text="cancelled on purpose").first.wait_for(timeout=15_000)
+    picker = page.get_by_role("combobox", name="Run").first
+    assert wait_until(lambda: picker.input_value().startswith("cancelled on purpose · "), timeout=15, interval=0.25)
     shot(page, "runs.png")
     page.get_by_role("button", name="Clone into form").click()
     page.get_by_text("is a copy of").wait_for()

@@ -12,7 +12,7 @@ DATA_DIR ?= $(wildcard $(SHARED)/data/fashion-mnist)
 WEIGHTS ?= $(or $(wildcard $(SHARED)/weights/resnet50_imagenet_notop.weights.h5),imagenet)
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo test lint test-core test-explorer explorer browser clean
+.PHONY: setup demo test lint test-core test-sweeps test-explorer explorer browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,14 +41,18 @@ lint: setup
 test-core: setup
 	for backend in $(BACKENDS); do \
 		echo "== tests under KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q --ignore=tests/explorer || exit 1; \
+		KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q --ignore=tests/explorer --ignore=tests/sweeps || exit 1; \
 	done
+
+# Sweeps start a real local Ray cluster and run their trials through the CLI: once, like the explorer.
+test-sweeps: setup
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/sweeps
 
 # The explorer never imports a backend for training (it launches the CLI), so it runs once.
 test-explorer: setup browser
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/explorer
 
-test: lint test-core test-explorer
+test: lint test-core test-sweeps test-explorer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -39,6 +39,11 @@ def leftovers(run) -> list[str]:
     return sorted(path.name for path in run.path.rglob("*") if ".tmp" in path.name)
 
 
+# The commits are backend-independent Python; the backends differ in the random-generator state the
+# checkpoint holds: JAX's and TensorFlow's are Keras SeedGenerator variables (checked under jax, which
+# caught a torn checkpoint once), torch adds its own generator (checked under torch). CI time budget.
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="kill/resume is checked under jax (Keras seed generators, as tensorflow) and torch")
 def test_kills_at_every_commit_resume_to_the_uninterrupted_model(synthetic_data_dir, tmp_path):
     args = trainer_args(tmp_path / "runs", synthetic_data_dir, "--finetune-epochs", FINETUNE_EPOCHS)
 

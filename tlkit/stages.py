@@ -126,6 +126,7 @@ class StageMonitor(keras.callbacks.Callback):
         self.progress_interval = progress_interval
         self.non_finite_at: tuple[int, int] | None = None
         self._epoch = 0
+        self._fit_started = False
         self._epoch_start = 0.0
         self._lr_at_start = 0.0
         self._last_progress = 0.0
@@ -144,6 +145,11 @@ class StageMonitor(keras.callbacks.Callback):
         return report
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._fit_started and self.on_progress:
+            # Where fitting starts: the ETA's rate is measured from here, so the first epoch's
+            # report already has one (epochs shorter than `progress_interval` report nothing else).
+            self.on_progress(epoch + 1, 0.0)
+        self._fit_started = True
         self._epoch = epoch
         self._epoch_start = time.perf_counter()
         self._lr_at_start = self._current_lr()

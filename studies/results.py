@@ -269,7 +269,8 @@ def results_table(final: Sequence[FinalEntry], hardware: str | None = None) -> s
         config, metrics = entry.run.config(), entry.run.metrics()
         rows.append([
             entry.recipe, config["model"]["image_size"], unfrozen_depth(config),
-            epochs_text(config, entry.run.history()), metrics.get("backend", "—"), metrics.get("precision", "—"),
+            epochs_text(config, entry.run.history(), metrics), metrics.get("backend", "—"),
+            metrics.get("precision", "—"),
             percent(metrics["test_accuracy"]), f"{metrics['macro_f1']:.3f}",
             minutes((metrics.get("seconds") or {}).get("total")),
             entry.hardware or hardware or describe_hardware(metrics.get("device")),

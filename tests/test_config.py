@@ -44,6 +44,22 @@ def test_invalid_values_are_rejected_with_field_and_allowed_values(overrides, me
     assert message in str(error.value)
 
 
+def test_stages_sized_in_steps_grow_on_small_training_sets_only():
+    config = Config.from_dict({"batch_size": 64, "head": {"epochs": 10, "min_steps": 2000},
+                               "finetune": {"epochs": 3, "min_steps": 600, "warmup_steps": 100}})
+    full = config.sized_for(54_000)  # 844 steps per epoch: the epochs already give more steps
+    assert (full.head.epochs, full.finetune.epochs) == (10, 3)
+    assert full.finetune.warmup_epochs == pytest.approx(100 / 844, abs=1e-6)
+    small = config.sized_for(1_260)  # 20 steps per epoch
+    assert (small.head.epochs, small.finetune.epochs) == (100, 30)
+    assert small.finetune.warmup_epochs == 5.0  # 100 warm-up steps
+    tiny = config.sized_for(10)  # 1 step per epoch: warm-up is capped at half the stage
+    assert (tiny.finetune.epochs, tiny.finetune.warmup_epochs) == (600, 100.0)
+    off = Config.from_dict({"head": {"epochs": 0, "min_steps": 500}, "finetune": {"epochs": 2}}).sized_for(100)
+    assert off.head.epochs == 0  # min_steps lengthens a stage, never turns one on
+    assert config.sized_for(1_260).model == config.model  # nothing else changes
+
+
 def test_unknown_fields_and_wrong_types_are_rejected():
     with pytest.raises(ConfigError, match="model.dropuot: unknown config field"):
         Config.from_dict({"model": {"dropuot": 0.1}})

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from pathlib import Path
@@ -265,10 +266,38 @@ class StageConfig:
         0.9, "Exponential schedule: LR multiplier per epoch.", min=0.01, max=1.0
     )
     warmup_epochs: float = option(0.0, "Linear warm-up length in epochs.", min=0.0, max=100.0)
-    early_stopping: int = option(
-        0, "Stop after this many epochs without val_loss improvement and restore the best "
-        "weights (0: off).", min=0, max=1000,
+    min_steps: int = option(
+        0, "At least this many optimizer steps: on a small training set the stage runs more epochs than "
+        "`epochs` asks for (0: off; a stage with 0 epochs stays off).", min=0, max=1_000_000,
     )
+    warmup_steps: int = option(
+        0, "At least this many linear warm-up steps (the longer of this and warmup_epochs; at most half "
+        "the stage).", min=0, max=1_000_000,
+    )
+    early_stopping: int = option(
+        0, "Stop after this many epochs without improvement of early_stopping_metric, counted from the end "
+        "of warm-up; the stage ends on its best epoch's weights (0: off).", min=0, max=1000,
+    )
+    early_stopping_metric: str = option(
+        "val_loss", "What early stopping watches and keeps the best epoch of.",
+        choices=("val_loss", "val_accuracy"),
+    )
+
+
+    def sized_for(self, steps_per_epoch: int) -> StageConfig:
+        """This stage as it runs at `steps_per_epoch`: `min_steps` and `warmup_steps` turned into epochs.
+
+        Example: `epochs=10, min_steps=2000` runs 10 epochs at 844 steps per epoch (60,000 images
+        in batches of 64) and 100 epochs at 20 (1,260 images).
+        """
+        if not self.epochs:
+            return self
+        steps_per_epoch = max(int(steps_per_epoch), 1)
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        warmup = min(max(self.warmup_epochs, self.warmup_steps / steps_per_epoch), epochs / 2)
+        if self.warmup_epochs >= self.epochs:  # validated away; kept as asked rather than shortened here
+            warmup = self.warmup_epochs
+        return dataclasses.replace(self, epochs=epochs, warmup_epochs=round(warmup, 6))
 
 
 @dataclasses.dataclass
@@ -418,6 +447,13 @@ class Config:
     def replace(self, **overrides) -> Config:
         """A copy with nested overrides, e.g. `replace(model={"dropout": 0.2})`."""
         return apply_overrides(self, overrides)
+
+    def sized_for(self, train_size: int) -> Config:
+        """The config as it trains on `train_size` images: each stage's `min_steps` and
+        `warmup_steps` turned into epochs (`StageConfig.sized_for`); nothing else changes."""
+        steps_per_epoch = math.ceil(train_size / self.batch_size)
+        return dataclasses.replace(self, head=self.head.sized_for(steps_per_epoch),
+                                   finetune=self.finetune.sized_for(steps_per_epoch))
 
     # ---- validation ------------------------------------------------------
 

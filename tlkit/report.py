@@ -18,7 +18,8 @@ run = Run("runs/20261129-101500-cpu-tf-1a2b")
 config, history, metrics = run.config(), run.history(), run.metrics()
 print(report.markdown_table(
     ["backbone depth", "epochs (head + finetune)", "test accuracy (%)"],
-    [[report.unfrozen_depth(config), report.epochs_text(config, history), report.percent(metrics["test_accuracy"])]],
+    [[report.unfrozen_depth(config), report.epochs_text(config, history, metrics),
+      report.percent(metrics["test_accuracy"])]],
     align="llr",
 ))
 png = report.confusion_matrix_png(metrics["confusion_matrix"], report.class_names_of(metrics), title=run.run_id)
@@ -108,12 +109,16 @@ def stage_rows(history: Sequence[dict]) -> dict[str, list[dict]]:
     return {stage: rows for stage, rows in stages.items() if rows}
 
 
-def epochs_text(config: dict, history: Sequence[dict]) -> str:
-    """`10 + 3`: epochs run per stage; early-stopped stages show the configured count too."""
+def epochs_text(config: dict, history: Sequence[dict], metrics: dict | None = None) -> str:
+    """`10 + 3`: epochs run per stage; early-stopped stages show the planned count too.
+
+    The plan is metrics.json's (`min_steps` may lengthen a stage on a small dataset), else the config's.
+    """
     ran = stage_rows(history)
+    planned_by_stage = (metrics or {}).get("stages") or {}
     parts = []
     for stage in STAGES:
-        planned = config[stage]["epochs"]
+        planned = (planned_by_stage.get(stage) or {}).get("planned_epochs") or config[stage]["epochs"]
         done = len(ran.get(stage, []))
         parts.append(str(done) if done == planned else f"{done} (of {planned})")
     return " + ".join(parts)

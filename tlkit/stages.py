@@ -329,9 +329,14 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
     steps_per_epoch = math.ceil(len(train[1]) / batch_size)
     compile_for_stage(model, config, steps_per_epoch, label_smoothing)
     callbacks = [monitor]
-    if config.early_stopping and val is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping,
-                                                       restore_best_weights=True))
+    early_stopping = None
+    if config.early_stopping and val is not None and len(val[1]):
+        # Keras restores the best epoch's weights at the end of fit, whether it stopped early or not.
+        # Patience counts from the end of warm-up: a rising rate may lift the loss before it helps.
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor=config.early_stopping_metric, patience=config.early_stopping, restore_best_weights=True,
+            start_from_epoch=math.ceil(config.warmup_epochs))
+        callbacks.append(early_stopping)
     # Data parallel: every batch, the last too, splits evenly across the devices (and hosts).
     split = {"multiple_of": batch_multiple(), "process": process_share()}
     train_batches = ArrayBatches(train[0], _targets(train[1], label_smoothing, num_classes), batch_size,
@@ -358,7 +363,12 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
             f"rate (--{stage}-lr {config.learning_rate:g} now) or use --precision float32"
         )
     epochs_run = len(history.history.get("loss", []))
-    return {"stage": stage, "epochs": resumed_at + epochs_run, "resumed_at_epoch": resumed_at, "seconds": seconds,
+    best_epoch = None  # the epoch whose weights the stage ends with, when early stopping chose them
+    if early_stopping is not None and early_stopping.best_weights is not None:
+        best_epoch = early_stopping.best_epoch + 1
+    return {"stage": stage, "epochs": resumed_at + epochs_run, "planned_epochs": config.epochs,
+            "steps_per_epoch": steps_per_epoch, "warmup_steps": round(config.warmup_epochs * steps_per_epoch),
+            "best_epoch": best_epoch, "resumed_at_epoch": resumed_at, "seconds": seconds,
             "images_per_second": epochs_run * len(train[1]) / seconds if seconds and epochs_run else None}
 
 

@@ -123,7 +123,8 @@ def _record_outcome(run: runs.Run, **fields) -> None:
 # changed length re-plans that stage's LR schedule from the restored step). Anything else would
 # continue a different model or data than the checkpoints hold.
 RESUMABLE_CHANGES = ("name", "preset", "runs_dir", "cache_dir", "tta_flip", "tensorboard", "mlflow_uri",
-                     "mlflow_experiment", "head.epochs", "finetune.epochs", "distribution.mode",
+                     "mlflow_experiment", "head.epochs", "finetune.epochs", "head.min_steps", "finetune.min_steps",
+                     "distribution.mode",
                      "distribution.coordinator_address", "distribution.num_processes", "distribution.process_id")
 
 
@@ -159,6 +160,8 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
     run.update_status(stage="data")
     splits = load_splits(config.data, config.seed, image_size=config.model.image_size)
     run.write_data_info(_data_info(config, splits))
+    # Stage lengths in optimizer steps (min_steps, warmup_steps) become epochs for this data's size.
+    config = config.sized_for(len(splits.train.labels))
     run.update_status(stage="model", data_sizes=splits.sizes())
     # Built the same way on resume too (same seed, known weights, so the disk caches still apply);
     # a resumed run then takes the weights of its finished stages and its last epoch checkpoint.
@@ -212,7 +215,8 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
                  "evaluate": metrics.pop("evaluate_seconds"), "total": round(time.perf_counter() - started, 2)},
         images_per_second={**{s: v["images_per_second"] for s, v in summaries.items()},
                            "evaluate": metrics.pop("evaluate_images_per_second")},
-        stages={s: {k: v[k] for k in ("epochs", "trainable_params", "trainable_backbone_layers")}
+        stages={s: {k: v[k] for k in ("epochs", "planned_epochs", "steps_per_epoch", "warmup_steps",
+                                      "best_epoch", "trainable_params", "trainable_backbone_layers")}
                 for s, v in summaries.items()},
         data_sizes=splits.sizes(),
         data_fingerprint=splits.fingerprint(),

@@ -173,7 +173,10 @@ class StageMonitor(keras.callbacks.Callback):
         return float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.non_finite_at or not self.on_epoch or (self.should_stop and self.should_stop()):
+        # An epoch cut short (cancel, NaN) set stop_training at a batch: no row, and no checkpoint either
+        # (EpochCheckpoint). A cancel that arrives during validation finds the epoch whole: it gets its
+        # row, as its checkpoint is written, and the next batch stops the fit.
+        if self.non_finite_at or not self.on_epoch or self.model.stop_training:
             return
         # The epoch's rate: the mean of its first and last step's (a schedule's last epoch ends at 0,
         # a warm-up's first starts there; either alone would misstate what the epoch trained at).

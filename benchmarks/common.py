@@ -155,3 +155,10 @@ def describe_array(array) -> dict:
 def trainable_count(model) -> int:
     """Number of trainable parameters of a Keras model."""
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
+
+
+def replace_marked_section(doc: Path, markers: tuple[str, str], text: str) -> None:
+    """Replaces what stands between the two marker comments of `doc` with `text` (the rest stays)."""
+    content = doc.read_text()
+    start, end = content.index(markers[0]) + len(markers[0]), content.index(markers[1])
+    doc.write_text(content[:start] + "\n" + text + "\n" + content[end:])

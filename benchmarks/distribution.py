@@ -30,7 +30,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks.common import DATA_DIR, REPO_ROOT
+from benchmarks.common import DATA_DIR, REPO_ROOT, replace_marked_section
 from tlkit.runs import list_runs, write_json
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "distribution.json"
@@ -110,9 +110,7 @@ def render(results: dict) -> str:
 
 
 def write_doc(results: dict) -> None:
-    text = DOC.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    DOC.write_text(text[:start] + "\n" + render(results) + "\n" + text[end:])
+    replace_marked_section(DOC, MARKERS, render(results))
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, SEED, WEIGHTS, missing_inputs
+from benchmarks.common import DATA_DIR, REPO_ROOT, SEED, WEIGHTS, missing_inputs, replace_marked_section
 from tlkit.runs import list_runs, write_json
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "small_data.json"
@@ -160,9 +160,7 @@ def render(results: dict) -> str:
 
 
 def write_doc(results: dict) -> None:
-    text = DOC.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    DOC.write_text(text[:start] + "\n" + render(results) + "\n" + text[end:])
+    replace_marked_section(DOC, MARKERS, render(results))
 
 
 def main(argv=None) -> int:

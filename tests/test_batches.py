@@ -1,10 +1,11 @@
-"""ArrayBatches: seeded shuffling, per-batch float32, and a fit that learns from float16 arrays."""
+"""ArrayBatches: seeded shuffling, per-batch float32, and a fit that learns from float16 arrays fed
+through keras_input (a tf.data pipeline without autotuning under TensorFlow)."""
 
 import keras
 import numpy as np
 import pytest
 
-from tlkit.batches import ArrayBatches
+from tlkit.batches import ArrayBatches, keras_input
 
 
 def epoch_indices(batches):
@@ -44,8 +45,8 @@ def test_a_model_fits_float16_arrays_through_it():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    history = model.fit(ArrayBatches(x, labels, 32, shuffle=True, seed=0), epochs=5, shuffle=False,
-                        validation_data=ArrayBatches(x, labels, 64), verbose=0)
+    history = model.fit(keras_input(ArrayBatches(x, labels, 32, shuffle=True, seed=0)), epochs=5, shuffle=False,
+                        validation_data=keras_input(ArrayBatches(x, labels, 64)), verbose=0)
     assert history.history["val_accuracy"][-1] > 0.9
 
 
@@ -55,4 +56,20 @@ def test_predict_takes_unlabelled_batches_in_order():
     expected = model.predict(x.astype("float32"), verbose=0)
     batches = ArrayBatches(x, batch_size=16)
     assert len(batches[0]) == 1 and batches[4][0].shape == (6, 4)
-    np.testing.assert_allclose(model.predict(batches, verbose=0), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(keras_input(batches), verbose=0), expected, rtol=1e-6)
+
+
+def test_each_pass_of_the_keras_input_is_the_next_seeded_epoch():
+    x = np.arange(50, dtype="float16")[:, None]
+    labels = np.arange(50)
+    fed, twin = ArrayBatches(x, labels, 8, shuffle=True, seed=3), ArrayBatches(x, labels, 8, shuffle=True, seed=3)
+    data = keras_input(fed)
+    if keras.backend.backend() != "tensorflow":
+        assert data is fed  # Keras drives the PyDataset's epochs itself
+        return
+    assert int(data.cardinality()) == len(fed) == 7
+    for _ in range(2):  # what Keras does each epoch: a new iterator over the dataset
+        seen = np.concatenate([batch[1].numpy() for batch in data]).astype(int)
+        assert list(seen) == list(epoch_indices(twin))
+    options = data.options()
+    assert options.autotune.enabled is False

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from tlkit import environment
-from tlkit.batches import ArrayBatches
+from tlkit.batches import ArrayBatches, keras_input
 from tlkit.config import Config
 from tlkit.data import Splits
 from tlkit.distribution import batch_multiple, predict_across_hosts, process_share, round_up
@@ -176,7 +176,8 @@ def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, o
         if process_share()[1] > 1:
             values = predict_across_hosts(model, part, batch_size)
         else:
-            values = model.predict(part, batch_size=batch_size, verbose=0, callbacks=callbacks)
+            values = model.predict(keras_input(ArrayBatches(part, batch_size=batch_size)), verbose=0,
+                                   callbacks=callbacks)
         values = values if isinstance(values, (list, tuple)) else [values]
         count = min(chunk, len(images) - start)
         for target, value in zip(outputs, values):
@@ -273,7 +274,7 @@ class BoundaryActivations:
             (features,) = predict_across_hosts(self.split.features_model, padded, batch_size)
         else:
             batches = ArrayBatches(arrays, batch_size=batch_size, multiple_of=multiple)
-            features = self.split.features_model.predict(batches, verbose=0)
+            features = self.split.features_model.predict(keras_input(batches), verbose=0)
         return np.asarray(features[:len(images)], dtype="float32")
 
     def _compute(self, images: np.ndarray, on_progress: Progress | None) -> list[np.ndarray]:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit import environment, runs
+from tlkit.batches import ArrayBatches, keras_input
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -89,7 +90,8 @@ def classify(run_or_path, images_or_paths, top_k: int = 3, batch_size: int = 64)
     class_names = class_names or [str(index) for index in range(int(model.output.shape[-1]))]
     images, sources, failed = _inputs(images_or_paths, input_shape)
     if len(images):
-        probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), np.float64)
+        batches = keras_input(ArrayBatches(images, batch_size=batch_size))
+        probabilities = np.asarray(model.predict(batches, verbose=0), np.float64)
     else:
         probabilities = np.zeros((0, len(class_names)))
     top_k = max(1, min(int(top_k), len(class_names)))

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tlkit.batches import ArrayBatches
+from tlkit.batches import ArrayBatches, keras_input
 from tlkit.config import StageConfig
 from tlkit.distribution import batch_multiple, process_share
 from tlkit.model import Classifier
@@ -351,12 +351,13 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
         callbacks.append(EpochCheckpoint(checkpoint_dir))
     validation = None
     if val is not None and len(val[1]):
-        validation = ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size, **split)
+        validation = keras_input(ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size,
+                                              **split))
     if seed is not None:
         keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     # The batches shuffle themselves (seeded); Keras' shuffle would only reorder whole batches.
-    history = model.fit(train_batches, epochs=config.epochs, validation_data=validation,
+    history = model.fit(keras_input(train_batches), epochs=config.epochs, validation_data=validation,
                         callbacks=callbacks, verbose=verbose, shuffle=False, initial_epoch=resumed_at)
     seconds = time.perf_counter() - start
     if monitor.non_finite_at:

@@ -19,9 +19,9 @@ from benchmarks.tlkit_runs import (
 )
 
 SETTINGS = {
-    "quick": {"train_limit": 400, "test_limit": 200, "head_epochs": 1, "finetune_epochs": 2, "image_size": 64,
+    "quick": {"train_limit": 400, "test_limit": 200, "head_epochs": 1, "finetune_epochs": 2, "image_size": 72,
               "unfreeze": "conv5"},
-    "full": {"train_limit": 1500, "test_limit": 1000, "head_epochs": 2, "finetune_epochs": 3, "image_size": 64,
+    "full": {"train_limit": 1500, "test_limit": 1000, "head_epochs": 2, "finetune_epochs": 3, "image_size": 72,
              "unfreeze": "conv5"},
 }
 

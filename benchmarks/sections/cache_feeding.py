@@ -84,7 +84,7 @@ def cache_feeding(params: dict, emit) -> dict:
     import keras
     import numpy as np
 
-    from tlkit.batches import ArrayBatches
+    from tlkit.batches import ArrayBatches, keras_input
 
     keras.utils.set_random_seed(params["seed"])
     x, y = float16_activations(params["samples"], params["shape"], params["seed"])
@@ -99,8 +99,10 @@ def cache_feeding(params: dict, emit) -> dict:
         fit_data, fit_options = (x, y), {"batch_size": batch_size, "shuffle": True}
         predict_data, predict_options = x, {"batch_size": predict_batch}
     else:
-        fit_data, fit_options = (ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"]),), {"shuffle": False}
-        predict_data, predict_options = ArrayBatches(x, batch_size=predict_batch), {}
+        # As tlkit feeds them: through keras_input (under TensorFlow a tf.data pipeline without autotuning).
+        fit_data, fit_options = (keras_input(ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"])),), {
+            "shuffle": False}
+        predict_data, predict_options = keras_input(ArrayBatches(x, batch_size=predict_batch)), {}
     monitor = epoch_memory()
     record = {}
     gc.collect()
@@ -228,9 +230,11 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
         "cross-entropy), so compute is cheap and host memory is dominated by how the array is fed. *Keras "
         f"arrays*: `model.fit(x, y, batch_size={settings['batch_size']}, shuffle=True)` and `model.predict(x, "
         f"batch_size={settings['predict_batch_size']})`, i.e. Keras' array adapter. *ArrayBatches*: "
-        f"`model.fit(ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42), shuffle=False)` and "
-        f"`model.predict(ArrayBatches(x, batch_size={settings['predict_batch_size']}))`, as tlkit's `run_stage` "
-        "and `BoundaryActivations.features` feed float16 caches. Each feeding runs in its own child process per "
+        f"`model.fit(keras_input(ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42)), "
+        f"shuffle=False)` and `model.predict(keras_input(ArrayBatches(x, batch_size="
+        f"{settings['predict_batch_size']})))`, as tlkit's `run_stage` and `BoundaryActivations.features` feed "
+        "float16 caches (`keras_input` is a tf.data pipeline without autotuning under TensorFlow, the batches "
+        "themselves elsewhere). Each feeding runs in its own child process per "
         f"backend: `fit` for {settings['epochs']} epochs, then `predict`. *Memory added* is the peak RSS sampled "
         "every 5 ms during the call minus the RSS just before it; `predict` starts from whatever `fit` left "
         "resident (its *RSS before* column) and may reuse memory `fit` freed. *Keras / ArrayBatches* divides the "

@@ -9,8 +9,8 @@ from benchmarks.sections.base import Case, Section, SummaryRow
 from benchmarks.tlkit_runs import CACHE_COLUMNS, cache_row, run_overrides, stage_cost, stage_seconds, tlkit_train
 
 SETTINGS = {
-    "quick": {"train_limit": 400, "test_limit": 200, "head_epochs": 3, "image_size": 64},
-    "full": {"train_limit": 1500, "test_limit": 1000, "head_epochs": 10, "image_size": 64},
+    "quick": {"train_limit": 400, "test_limit": 200, "head_epochs": 3, "image_size": 72},
+    "full": {"train_limit": 1500, "test_limit": 1000, "head_epochs": 10, "image_size": 72},
 }
 
 

@@ -4,6 +4,8 @@ import pytest
 
 from tlkit.config import PRESET_NOTES, PRESETS, Config, ConfigError, UnfreezeSpec, field_named_in, field_specs
 
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_resolve_and_validate(preset):

@@ -16,6 +16,8 @@ from tlkit.data import (
 
 from .conftest import write_synthetic_dataset
 
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize("suffix", [".gz", ""])
 def test_idx_round_trip_gz_and_raw(tmp_path, suffix):

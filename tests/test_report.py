@@ -11,6 +11,8 @@ from tlkit.config import STAGES, Config
 
 from .helpers import REPO
 
+pytestmark = pytest.mark.backend_independent
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"head": {"epochs": 3}, "finetune": {"epochs": 2, "unfreeze": "conv5"}}
 

@@ -7,6 +7,8 @@ import pytest
 
 from tlkit import runs
 
+pytestmark = pytest.mark.backend_independent
+
 
 def test_run_store_round_trip(tmp_path):
     run = runs.create_run(tmp_path, name="my run/1", state="queued")

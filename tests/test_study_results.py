@@ -13,6 +13,8 @@ from studies import results
 
 from .helpers import REPO, smoke_config
 
+pytestmark = pytest.mark.backend_independent
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEMPLATE = """# Results
 

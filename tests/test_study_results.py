@@ -124,6 +124,25 @@ def test_reports_are_reproducible(trained, tmp_path):
     assert all(b"Software" not in png for png in first.images.values())  # no version/time stamps
 
 
+def test_archived_run_records_rebuild_the_same_report_without_the_models(trained, tmp_path):
+    archive = tmp_path / "archive"
+    done = subprocess.run([sys.executable, "-m", "studies.archive_runs", *(str(run.path) for run in trained.values()),
+                           "--to", str(archive)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {path.name for path in archive.iterdir()} == {run.run_id for run in trained.values()}
+    assert not list(archive.glob("*/model.keras")) and not list(archive.glob("*/.trainer.lock"))
+    copies = {key: tlkit.runs.Run(archive / run.run_id) for key, run in trained.items()}
+    moment = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    original, archived = (results.render_report(results.load_spec(write_spec(directory, runs)), "make results",
+                                                now=moment)
+                          for directory, runs in ((tmp_path, trained), (archive, copies)))
+    # The same report but for where the runs live (the provenance table names each run directory).
+    assert archived.markdown.replace(str(archive), "") == original.markdown.replace(
+        str(trained["base"].path.parent), "")
+    assert sorted((path.name, png) for path, png in archived.images.items()) == sorted(
+        (path.name, png) for path, png in original.images.items())
+
+
 def test_build_report_names_the_study_command_by_default(trained, tmp_path):
     spec_path = write_spec(tmp_path, trained, template="{{generated}}\n")
     output = results.build_report(spec_path, now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))

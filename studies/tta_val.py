@@ -31,8 +31,9 @@ def flip_gain_on_validation(run: runs.Run, batch_size: int = 256) -> dict:
     val = load_splits(config.data).val
     if not len(val):
         raise SystemExit(f"{run.path}: the run has no validation split (data.validation_split is 0)")
-    plain = classify(run, val.images, batch_size=batch_size).probabilities
-    mirrored = classify(run, val.images[:, :, ::-1], batch_size=batch_size).probabilities
+    # One classify call, so the model is loaded once: the images, then their mirror images.
+    both = classify(run, np.concatenate([val.images, val.images[:, :, ::-1]]), batch_size=batch_size).probabilities
+    plain, mirrored = both[:len(val)], both[len(val):]
     accuracy = {name: float(np.mean(np.argmax(p, axis=1) == val.labels))
                 for name, p in (("plain", plain), ("flip_averaged", (plain + mirrored) / 2))}
     return {"val_images": len(val), "val_accuracy": accuracy["plain"],

@@ -73,3 +73,25 @@ def test_each_pass_of_the_keras_input_is_the_next_seeded_epoch():
         assert list(seen) == list(epoch_indices(twin))
     options = data.options()
     assert options.autotune.enabled is False
+
+
+def test_an_alternative_version_replaces_about_half_the_samples_each_epoch_in_a_seeded_draw():
+    x = np.arange(1, 1001, dtype="float32")[:, None]
+
+    def taken_from_alternative(batches):  # per sample, this epoch
+        batches.on_epoch_begin()
+        inputs, labels = (np.concatenate(part) for part in zip(*(batches[i] for i in range(len(batches)))))
+        assert sorted(labels) == list(range(1000))  # every sample once, as itself or as its alternative
+        assert (np.abs(inputs[:, 0]) == x[labels, 0]).all()
+        taken = np.zeros(1000, bool)
+        taken[labels] = inputs[:, 0] < 0
+        return taken
+
+    batches = ArrayBatches(x, np.arange(1000), 64, shuffle=True, seed=3, x_alternative=-x)
+    first, second = taken_from_alternative(batches), taken_from_alternative(batches)
+    assert 400 < first.sum() < 600 and (first != second).any()  # a new draw every epoch
+    resumed = ArrayBatches(x, np.arange(1000), 64, shuffle=True, seed=3, x_alternative=-x)
+    resumed.skip_epochs(1)
+    np.testing.assert_array_equal(taken_from_alternative(resumed), second)  # a resumed fit draws the same
+    with pytest.raises(ValueError, match="x_alternative"):
+        ArrayBatches(x, np.arange(1000), 64, shuffle=True, x_alternative=x[:10])

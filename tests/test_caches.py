@@ -8,8 +8,9 @@ import pytest
 
 import tlkit
 from tlkit import runs
-from tlkit.caches import PredictProgress, all_finite, predict_in_chunks
+from tlkit.caches import CacheStore, PredictProgress, all_finite, predict_in_chunks
 from tlkit.data import load_splits
+from tlkit.model import build_classifier
 
 from .helpers import smoke_config
 
@@ -35,10 +36,39 @@ def test_feature_cache_gives_the_same_model_and_is_reused(synthetic_data_dir, tm
     assert cached.metrics()["test_accuracy"] == full.metrics()["test_accuracy"]
 
 
-def test_feature_cache_is_off_with_augmentation(synthetic_data_dir, tmp_path):
+def test_caches_are_off_with_augmentation_beyond_a_flip(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
-                          augment={"flip": True}, finetune={"epochs": 0})
-    assert not tlkit.fit(config, verbose=0).metrics()["feature_cache"]["used"]
+                          augment={"flip": True, "rotation": 0.05})
+    metrics = tlkit.fit(config, verbose=0).metrics()
+    assert not metrics["feature_cache"]["used"] and not metrics["boundary_cache"]["used"]
+    assert metrics["boundary_cache"]["reason"] == "augmentation beyond a flip is on"
+
+
+def test_a_random_flip_keeps_both_caches_which_then_hold_the_mirror_images_too(synthetic_data_dir, tmp_path):
+    config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), augment={"flip": True},
+                          head={"epochs": 2}, finetune={"epochs": 1, "unfreeze": "conv4"})
+    run = tlkit.fit(config, verbose=0)
+    again = tlkit.fit(config.replace(finetune={"learning_rate": 2e-3}), verbose=0)
+
+    head, boundary = run.metrics()["feature_cache"]["head"], run.metrics()["boundary_cache"]
+    assert run.status()["state"] == "completed" and boundary["used"]
+    assert not head["train_mirrored"]["hit"] and not boundary["train_mirrored"]["hit"]
+    assert boundary["train_mirrored"]["stored"]
+    splits = load_splits(config.data, config.seed)
+    per_image = 2 * int(np.prod(boundary["shapes"][0]))  # float16
+    assert boundary["bytes"] == per_image * (2 * len(splits.train) + len(splits.val))  # the budget counts them
+    assert again.metrics()["feature_cache"]["head"]["train_mirrored"]["hit"]
+    assert again.metrics()["boundary_cache"]["train_mirrored"]["hit"]
+    # What was cached for the mirror images is what the frozen backbone makes of them.
+    keras.utils.set_random_seed(config.seed)  # as the run did: the seed draws the random backbone
+    classifier = build_classifier(config.model, seed=config.seed, num_classes=len(splits.class_names),
+                                  input_shape=splits.input_shape)
+    expected = classifier.feature_model().predict(splits.train.images[:, :, ::-1], verbose=0)
+    cached = CacheStore(config.cache_dir).load(head["train_mirrored"]["key"], len(splits.train))
+    plain = CacheStore(config.cache_dir).load(head["train"]["key"], len(splits.train))
+    np.testing.assert_allclose(cached, expected, atol=2e-2)  # via float16 boundary activations
+    # Pooled features are nearly mirror-symmetric; still, they match the mirror images', not the images'.
+    assert 5 * np.abs(cached - expected).mean() < np.abs(cached - plain).mean()
 
 
 def test_corrupt_cache_file_is_recomputed(synthetic_data_dir, tmp_path):

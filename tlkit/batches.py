@@ -61,18 +61,26 @@ class ArrayBatches(keras.utils.PyDataset):
             padded outputs follow the `num_samples` real ones: drop them.
         process: `(index, count)` of this process among the hosts of a multi-host run; it
             gets its share of every batch (Keras' JAX trainer assembles the global batch).
+        x_alternative: another version of every sample of `x`, same structure and shapes (e.g.
+            the activations of the mirror images); each epoch, each sample comes from `x` or from
+            here with equal odds (seeded with the order). Training only (`shuffle`).
     """
 
     def __init__(self, x, y: np.ndarray | None = None, batch_size: int = 32, shuffle: bool = False,
-                 seed: int | None = None, multiple_of: int = 1, process: tuple[int, int] = (0, 1)):
+                 seed: int | None = None, multiple_of: int = 1, process: tuple[int, int] = (0, 1),
+                 x_alternative=None):
         super().__init__()
         lengths = {len(array) for array in keras.tree.flatten(x)}
         if len(lengths) != 1 or (y is not None and lengths != {len(y)}):
             raise ValueError(f"x has {sorted(lengths)} samples but y has {None if y is None else len(y)}")
+        if x_alternative is not None:
+            shapes = [array.shape for array in keras.tree.flatten(x)]
+            if [array.shape for array in keras.tree.flatten(x_alternative)] != shapes or not shuffle:
+                raise ValueError(f"x_alternative must match x's shapes {shapes} and needs shuffle=True")
         if batch_size % multiple_of or multiple_of % process[1]:
             raise ValueError(f"batch_size {batch_size} must be a multiple of {multiple_of}, and that of the "
                              f"process count {process[1]}")
-        self.x, self.y = x, y
+        self.x, self.y, self.x_alternative = x, y, x_alternative
         self.num_samples = lengths.pop()
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -81,7 +89,7 @@ class ArrayBatches(keras.utils.PyDataset):
         # Evaluation batches carry weights once padding exists, so every batch has the same structure.
         self.weighted = y is not None and not shuffle and self.num_samples % self.multiple_of != 0
         self._rng = np.random.default_rng(seed)
-        self._order = self._draw_order()
+        self._order, self._alternative = self._draw_order()
 
     @property
     def padded_samples(self) -> int:
@@ -99,7 +107,12 @@ class ArrayBatches(keras.utils.PyDataset):
             per_process = len(picked) // self.process[1]
             share = slice(self.process[0] * per_process, (self.process[0] + 1) * per_process)
             picked = picked[share]
-        x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
+        if self.x_alternative is None:
+            x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
+        else:
+            chosen = self._alternative[start:start + self.batch_size][share]
+            x = keras.tree.map_structure(lambda array, other: _as_float32(_choose(array, other, picked, chosen)),
+                                         self.x, self.x_alternative)
         if isinstance(x, list):  # tf.data's generator signatures take tuples, and one input needs none
             x = x[0] if len(x) == 1 else tuple(x)
         if self.y is None:
@@ -114,7 +127,7 @@ class ArrayBatches(keras.utils.PyDataset):
         return x, _as_float32(self.y[picked])
 
     def on_epoch_begin(self) -> None:
-        self._order = self._draw_order()
+        self._order, self._alternative = self._draw_order()
 
     def skip_epochs(self, count: int) -> None:
         """Advances the shuffling past `count` epochs, so that a fit resumed at epoch `count` sees
@@ -122,13 +135,22 @@ class ArrayBatches(keras.utils.PyDataset):
         for _ in range(count):
             self._draw_order()
 
-    def _draw_order(self) -> np.ndarray:
+    def _draw_order(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """This epoch's sample order (padded) and, per position, whether it takes `x_alternative`."""
         order = self._rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
         padding = self.padded_samples - self.num_samples
-        if not padding:
-            return order
-        fill = np.resize(order, padding) if self.shuffle else np.full(padding, self.num_samples - 1)
-        return np.concatenate([order, fill])
+        if padding:
+            fill = np.resize(order, padding) if self.shuffle else np.full(padding, self.num_samples - 1)
+            order = np.concatenate([order, fill])
+        alternative = self._rng.random(len(order)) < 0.5 if self.x_alternative is not None else None
+        return order, alternative
+
+
+def _choose(array: np.ndarray, other: np.ndarray, picked: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Rows `picked` of `array`, those where `chosen` is set taken from `other` instead."""
+    rows = array[picked]
+    rows[chosen] = other[picked[chosen]]
+    return rows
 
 
 def _as_float32(array: np.ndarray) -> np.ndarray:

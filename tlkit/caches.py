@@ -13,6 +13,11 @@ that is trained:
   prefix runs once per image per run, and later runs that differ only after the
   boundary (learning rates, dropout, epochs) skip it entirely.
 
+A random flip is the one augmentation they keep: it shows each training image
+as itself or as its mirror image, so both caches hold the activations of both,
+and every epoch each sample is drawn from one of the two with equal odds, as
+the flip layer would.
+
 `RunCaches` plans both for one run and hands each stage a `StageData`: the
 model to fit (the classifier, its head, or its unfrozen part, all sharing the
 classifier's weights) and the arrays to fit it on. It owns the cache key:
@@ -63,12 +68,15 @@ class StageData:
     """What one stage fits: `model` on `train` (and `val`), each `(inputs, labels)`.
 
     `cache` records where the inputs came from (for metrics.json), None when they are images.
+    `train_mirrored` holds the inputs of the training images' mirror images when a random flip
+    is on and `train` holds cached activations (the model has no flip layer then).
     """
 
     model: keras.Model
     train: tuple
     val: tuple | None
     cache: dict | None = None
+    train_mirrored: np.ndarray | list[np.ndarray] | None = None
 
 
 def default_cache_dir() -> Path:
@@ -218,6 +226,11 @@ class PredictProgress(keras.callbacks.Callback):
             self.report(min(self.offset + (batch + 1) * self.batch_size, self.total) / self.total)
 
 
+def mirror(images: np.ndarray) -> np.ndarray:
+    """The mirror images of a batch of (N, H, W[, C]) images (a view)."""
+    return images[:, :, ::-1]
+
+
 def all_finite(array: np.ndarray, chunk_bytes: int = 1 << 22) -> bool:
     """`np.isfinite(array).all()` without a mask over the whole array (GBs for a full run's cache)."""
     rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
@@ -307,7 +320,7 @@ class RunCaches:
         self.batch_size = max(config.batch_size, 256)
         self.identity = cache_identity(config, classifier, precision)
         # Features of the frozen backbone are reusable when nothing random sits in front of it.
-        usable = config.feature_cache and not config.augment.enabled and self.identity is not None
+        usable = config.feature_cache and not config.augment.beyond_flip and self.identity is not None
         self.store = CacheStore(config.cache_dir or None) if usable else None
         self.records: dict[str, dict | None] = {}
         self.boundary, self.boundary_plan = self._plan_boundary(skip_stages)
@@ -318,19 +331,28 @@ class RunCaches:
         splits = self.splits
         train = (splits.train.images, splits.train.labels)
         val = (splits.val.images, splits.val.labels) if len(splits.val) else None
+        mirrored = None
         if stage == "head" and self.store is not None:
             record = {}
-            train = (self._features("train", train[0], activity("features (train)"), record), train[1])
+            features = self._features("train", train[0], activity("features (train)"), record)
+            if self.config.augment.flip:
+                mirrored = self._features("train_mirrored", mirror(train[0]),
+                                          activity("features (mirrored train)"), record)
+            train = (features, train[1])
             if val is not None:
                 val = (self._features("val", val[0], activity("features (val)"), record), val[1])
-            return self._record(stage, StageData(self.classifier.head_model(), train, val, record))
+            return self._record(stage, StageData(self.classifier.head_model(), train, val, record, mirrored))
         if stage == "finetune" and self.boundary is not None and trainable_layers:
             start = time.perf_counter()
-            train = (self.boundary.get("train", train[0], activity("boundary cache (train)")), train[1])
+            activations = self.boundary.get("train", train[0], activity("boundary cache (train)"))
+            if self.config.augment.flip:
+                mirrored = self.boundary.get("train_mirrored", mirror(train[0]),
+                                             activity("boundary cache (mirrored train)"))
+            train = (activations, train[1])
             if val is not None:
                 val = (self.boundary.get("val", val[0], activity("boundary cache (val)")), val[1])
             record = {"seconds": round(time.perf_counter() - start, 3), **self.boundary.records}
-            return self._record(stage, StageData(self.boundary.split.train_model, train, val, record))
+            return self._record(stage, StageData(self.boundary.split.train_model, train, val, record, mirrored))
         return self._record(stage, StageData(self.classifier.model, train, val, None))
 
     def predict_from_features(self, images: np.ndarray, batch_size: int,
@@ -369,7 +391,7 @@ class RunCaches:
                   key_name: str | None = None) -> np.ndarray:
         """Pooled features of one image set: from disk, else derived from the boundary activations
         (train/val, when the run has them: one prefix pass for both stages), else the full graph."""
-        via_boundary = self.boundary is not None and name in ("train", "val")
+        via_boundary = self.boundary is not None and name in ("train", "train_mirrored", "val")
         identity = self.identity
         if via_boundary:  # float16 storage of the activations makes these features differ slightly
             identity = {**identity, "via_boundary": self.boundary.split.first_unfrozen}
@@ -398,8 +420,8 @@ class RunCaches:
         config = self.config
         if not config.boundary_cache:
             return None, {"used": False, "reason": "off"}
-        if config.augment.enabled:
-            return None, {"used": False, "reason": "augmentation is on"}
+        if config.augment.beyond_flip:
+            return None, {"used": False, "reason": "augmentation beyond a flip is on"}
         if config.finetune.epochs == 0 or "finetune" in skip_stages:
             return None, {"used": False}
         first_unfrozen = self.classifier.first_unfrozen(config.finetune.unfreeze)
@@ -410,7 +432,7 @@ class RunCaches:
         except GraphSplitError as error:
             return None, {"used": False, "reason": str(error)}
         boundary = BoundaryActivations(split, self.batch_size, self.store, self.identity)
-        count = len(self.splits.train) + len(self.splits.val)
+        count = len(self.splits.train) * (2 if config.augment.flip else 1) + len(self.splits.val)
         needed, budget = boundary.estimate_bytes(count), int(config.cache_memory_gb * 1e9)
         record = {"boundary": first_unfrozen, "bytes": needed, "shapes": [list(s) for s in split.boundary_shapes]}
         if needed > budget:

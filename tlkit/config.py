@@ -245,7 +245,13 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.flip or any((self.rotation, self.zoom, self.translation, self.contrast))
+        return self.flip or self.beyond_flip
+
+    @property
+    def beyond_flip(self) -> bool:
+        """Any transform besides the flip is on. A flip alone keeps the caches usable: they then hold
+        every training image and its mirror image, the only two versions a flip can show."""
+        return any((self.rotation, self.zoom, self.translation, self.contrast))
 
 
 @dataclasses.dataclass

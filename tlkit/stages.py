@@ -301,7 +301,7 @@ def _set_torch_rng_state(state: np.ndarray) -> None:
 
 def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage: str, batch_size: int,
               label_smoothing: float = 0.0, monitor: StageMonitor | None = None, verbose: int | str = "auto",
-              seed: int | None = None, checkpoint_dir: str | Path | None = None) -> dict:
+              seed: int | None = None, checkpoint_dir: str | Path | None = None, train_mirrored=None) -> dict:
     """Compiles `model` for one stage and fits it; returns a summary.
 
     The caller has frozen or unfrozen the backbone (`prepare_stage`) and chosen
@@ -323,6 +323,9 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
             same with and without caches (cache extraction consumes torch's global RNG).
         checkpoint_dir: keep an `EpochCheckpoint` there; a checkpoint already there (an
             interrupted run) is restored and the stage goes on after its last finished epoch.
+        train_mirrored: the inputs of the training images' mirror images (cached activations
+            of a run with a random flip); each epoch every sample is drawn from `train` or from
+            these with equal odds.
 
     Raises:
         TrainingError: when the loss becomes NaN/inf.
@@ -343,7 +346,7 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
     # Data parallel: every batch, the last too, splits evenly across the devices (and hosts).
     split = {"multiple_of": batch_multiple(), "process": process_share()}
     train_batches = ArrayBatches(train[0], _targets(train[1], label_smoothing, num_classes), batch_size,
-                                 shuffle=True, seed=seed, **split)
+                                 shuffle=True, seed=seed, x_alternative=train_mirrored, **split)
     resumed_at = 0
     if checkpoint_dir is not None:
         resumed_at = EpochCheckpoint.saved_epoch(checkpoint_dir)

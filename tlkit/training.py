@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from tlkit import distribution, environment, runs, tracking
-from tlkit.caches import RunCaches, predict_in_chunks
+from tlkit.caches import RunCaches, mirror, predict_in_chunks
 from tlkit.config import STAGES, Config, ConfigError, field_named_in, flatten_dict
 from tlkit.data import Splits, load_splits
 from tlkit.distribution import Placement
@@ -193,7 +193,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
         summary = run_stage(data.model, stage_config, data.train, data.val, stage=stage,
                             batch_size=config.batch_size, label_smoothing=config.model.label_smoothing,
                             monitor=monitor, verbose=verbose, seed=config.seed + index,
-                            checkpoint_dir=_checkpoint_dir(run, stage))
+                            checkpoint_dir=_checkpoint_dir(run, stage), train_mirrored=data.train_mirrored)
         summaries[stage] = {**summary, "trainable_backbone_layers": trainable_layers,
                             "trainable_params": _count(classifier.model.trainable_weights)}
         if _cancel_requested.is_set():
@@ -339,7 +339,7 @@ def _evaluate(predict, splits: Splits, run: runs.Run, tta_flip: bool = False) ->
     probabilities = predict(splits.test.images, progress(0))
     if tta_flip:
         # Mirroring the source image equals mirroring the resized image (the resize is symmetric).
-        probabilities = (probabilities + predict(splits.test.images[:, :, ::-1], progress(1))) / 2
+        probabilities = (probabilities + predict(mirror(splits.test.images), progress(1))) / 2
     seconds = time.perf_counter() - start
     report = classification_report(splits.test.labels, probabilities, splits.class_names)
     wrong = misclassified(splits.test.labels, probabilities)

@@ -289,3 +289,23 @@ def test_native_start_up_lines_are_filtered_and_everything_else_passes(capfd):
         os.write(2, b"error: a real tlkit error\n")  # (a CLI's sys.stderr is fd 2; pytest's capfd is not)
     assert capfd.readouterr().err == "E0000 00:00:1795980461.542020   11234 some_op.cc:52] a real native error\n" \
         "error: a real tlkit error\n"
+
+
+def test_importing_tlkit_under_jax_adds_the_measured_xla_cpu_flag_and_respects_the_users_own():
+    script = "import os, tlkit; print(os.environ.get('XLA_FLAGS', ''))"
+
+    def flags(backend, **env):
+        env = {"KERAS_BACKEND": backend, "XLA_FLAGS": "", **env}
+        result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True,
+                                text=True, timeout=120, check=True)
+        return result.stdout.strip()
+
+    jaxlib = environment.versions(("jaxlib",)).get("jaxlib", "")
+    expected = environment.XLA_CPU_FLAGS.get(".".join(jaxlib.split(".")[:2]), "")
+    assert flags("jax") == expected  # only for the jaxlib versions it was measured on
+    assert flags("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2") == \
+        f"--xla_force_host_platform_device_count=2 {expected}".strip()
+    own = "--xla_cpu_experimental_ynn_fusion_type="
+    assert flags("jax", XLA_FLAGS=own) == own  # the user's own setting wins
+    assert flags("jax", TLKIT_XLA_CPU_TUNING="0") == ""
+    assert flags("tensorflow") == "" and flags("torch") == ""

@@ -16,6 +16,10 @@ import os
 # TensorFlow's C++ start-up chatter drowns the progress bars; users can still override it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tlkit import environment  # noqa: E402
+
+environment.tune_xla_cpu()  # before jax starts: XLA reads its flags once
+
 from tlkit import runs  # noqa: E402
 from tlkit.config import PRESETS, Config, ConfigError  # noqa: E402
 from tlkit.runs import load_model  # noqa: E402

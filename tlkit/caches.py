@@ -180,12 +180,12 @@ def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, o
     batch_size = round_up(batch_size, multiple)
     for start in range(0, len(images), chunk):
         callbacks = [PredictProgress(on_progress, start, len(images), batch_size)] if on_progress else []
-        part = _padded(images[start:start + chunk], multiple)
+        part = images[start:start + chunk]
         if process_share()[1] > 1:
-            values = predict_across_hosts(model, part, batch_size)
+            values = predict_across_hosts(model, _padded(part, multiple), batch_size)
         else:
-            values = model.predict(keras_input(ArrayBatches(part, batch_size=batch_size)), verbose=0,
-                                   callbacks=callbacks)
+            batches = ArrayBatches(part, batch_size=batch_size, multiple_of=multiple)
+            values = model.predict(keras_input(batches), verbose=0, callbacks=callbacks)
         values = values if isinstance(values, (list, tuple)) else [values]
         count = min(chunk, len(images) - start)
         for target, value in zip(outputs, values):

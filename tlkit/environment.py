@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -76,6 +77,42 @@ def memory_gb() -> float | None:
     return None
 
 
+# ---- XLA's CPU compiler (jax) ------------------------------------------------------------------
+
+# jaxlib 0.10's XLA hands every convolution to YNNPACK, which runs many of ResNet50's smaller
+# convolutions (all of stage 2, the 1x1s of stage 3) on one core; with convolutions left to XLA's
+# own kernels, both cores work. On a 2-core CPU at 72 px this made the frozen prefix 1.32x and the
+# conv5 training step 1.22x faster (benchmarks/xla_flags.py, docs/performance.md). Only for the
+# jaxlib versions it was measured on: an XLA flag that a version does not know aborts the process.
+XLA_CPU_FLAGS = {"0.10": "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+
+
+def keras_backend_name(environ=os.environ) -> str:
+    """The backend Keras will load (`KERAS_BACKEND`, else `~/.keras/keras.json`), without importing it."""
+    if environ.get("KERAS_BACKEND"):
+        return environ["KERAS_BACKEND"]
+    config = Path(environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads(config.read_text()).get("backend") or "tensorflow"
+    return "tensorflow"
+
+
+def tune_xla_cpu(environ=os.environ) -> str | None:
+    """Adds tlkit's measured XLA CPU flag to `XLA_FLAGS` when Keras will run on jax; returns it, or
+    None when it does not apply (another backend, an unmeasured jaxlib, or the user set it already).
+    Takes effect if called before jax starts its CPU client (importing tlkit does it);
+    `TLKIT_XLA_CPU_TUNING=0` turns it off."""
+    if keras_backend_name(environ) != "jax" or environ.get("TLKIT_XLA_CPU_TUNING") == "0":
+        return None
+    version = versions(("jaxlib",)).get("jaxlib", "")
+    flag = XLA_CPU_FLAGS.get(".".join(version.split(".")[:2]))
+    current = environ.get("XLA_FLAGS", "")
+    if flag is None or flag.split("=")[0] in current:
+        return None
+    environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+    return flag
+
+
 def list_devices() -> list[str]:
     """Devices of the current Keras backend, e.g. `["cpu:0"]` or `["gpu:0", "gpu:1"]`."""
     import keras
@@ -91,8 +128,11 @@ def list_devices() -> list[str]:
 
 def device_info() -> dict:
     """What metrics.json records about the hardware."""
-    return {"devices": list_devices(), "platform": platform.platform(),
+    info = {"devices": list_devices(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if os.environ.get("XLA_FLAGS"):
+        info["xla_flags"] = os.environ["XLA_FLAGS"]
+    return info
 
 
 def resolve_precision(precision: str) -> str:

@@ -82,8 +82,8 @@ def memory_gb() -> float | None:
 # jaxlib 0.10's XLA hands every convolution to YNNPACK, which runs many of ResNet50's smaller
 # convolutions (all of stage 2, the 1x1s of stage 3) on one core; with convolutions left to XLA's
 # own kernels, both cores work. On a 2-core CPU at 72 px this made the frozen prefix 1.32x and the
-# conv5 training step 1.22x faster (benchmarks/xla_flags.py, docs/performance.md). Only for the
-# jaxlib versions it was measured on: an XLA flag that a version does not know aborts the process.
+# conv5 training step 1.22x faster (docs/performance.md, section 4: jax vs jax+TLKIT_XLA_CPU_TUNING=0).
+# Only for the jaxlib versions it was measured on: an XLA flag a version does not know aborts the process.
 XLA_CPU_FLAGS = {"0.10": "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 
 

@@ -189,7 +189,10 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
         "precisions of one image size are separate models in one process, timed batch by batch in rotating order, "
         "so they share whatever load the machine had and their ratio is robust to it. "
         "Precision is the Keras dtype policy (`mixed_*` = float32 variables, 16-bit compute). Sizes, batch sizes "
-        "and the mean-based figures are in the per-backend details."
+        "and the mean-based figures are in the per-backend details. *jax* runs with the XLA CPU flag that "
+        "importing tlkit sets (convolutions on XLA's own multi-threaded kernels, not YNNPACK; "
+        "`tlkit/environment.py`), *jax+TLKIT_XLA_CPU_TUNING=0* without it; *torch+OMP_WAIT_POLICY=PASSIVE* is torch "
+        "with OpenMP threads that sleep instead of spinning while they wait."
     ]
     found = measurements(reports)
     for report in reports:
@@ -317,6 +320,6 @@ def summarise(reports: list[dict], settings: dict) -> list[SummaryRow]:
 
 SECTION = Section(
     name="backends", title="Per-backend throughput, float32 vs mixed precision",
-    default_backends=(*BACKENDS, TORCH_PASSIVE), settings=SETTINGS, plan=plan,
+    default_backends=(*BACKENDS, "jax+TLKIT_XLA_CPU_TUNING=0", TORCH_PASSIVE), settings=SETTINGS, plan=plan,
     cases={"backend_throughput": backend_throughput}, render=render, summarise=summarise,
 )

@@ -319,7 +319,7 @@ class RunCaches:
         self.splits = splits
         self.batch_size = max(config.batch_size, 256)
         self.identity = cache_identity(config, classifier, precision)
-        # Features of the frozen backbone are reusable when nothing random sits in front of it.
+        # Features of the frozen backbone are reusable when nothing random but a flip sits in front of it.
         usable = config.feature_cache and not config.augment.beyond_flip and self.identity is not None
         self.store = CacheStore(config.cache_dir or None) if usable else None
         self.records: dict[str, dict | None] = {}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tlkit import runs
+from tlkit.caches import mirror
 from tlkit.config import Config
 from tlkit.data import load_splits
 from tlkit.predict import classify
@@ -32,7 +33,7 @@ def flip_gain_on_validation(run: runs.Run, batch_size: int = 256) -> dict:
     if not len(val):
         raise SystemExit(f"{run.path}: the run has no validation split (data.validation_split is 0)")
     # One classify call, so the model is loaded once: the images, then their mirror images.
-    both = classify(run, np.concatenate([val.images, val.images[:, :, ::-1]]), batch_size=batch_size).probabilities
+    both = classify(run, np.concatenate([val.images, mirror(val.images)]), batch_size=batch_size).probabilities
     plain, mirrored = both[:len(val)], both[len(val):]
     accuracy = {name: float(np.mean(np.argmax(p, axis=1) == val.labels))
                 for name, p in (("plain", plain), ("flip_averaged", (plain + mirrored) / 2))}

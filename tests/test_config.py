@@ -38,6 +38,13 @@ def test_seed_preset_is_the_seed_recipe():
         ({"model": {"backbone": "vgg"}}, "model.backbone: 'vgg' is not one of"),
         ({"data": {"data_dir": "/no/such/dir"}}, "data.data_dir: '/no/such/dir' is not a directory"),
         ({"head": {"warmup_epochs": 10}}, "head.warmup_epochs: 10.0 must be shorter than head.epochs"),
+        ({"data": {"validation_split": 0.0}, "finetune": {"early_stopping": 2}},
+         "finetune.early_stopping: early stopping needs a validation split (data.validation_split > 0); to train "
+         "on every training image, also set it to 0 (--finetune-early-stopping 0)"),
+        ({"data": {"validation_split": 0.0}, "head": {"early_stopping": 5}, "finetune": {"early_stopping": 2}},
+         "head.early_stopping / finetune.early_stopping: early stopping needs a validation split "
+         "(data.validation_split > 0); to train on every training image, also set them to 0 "
+         "(--head-early-stopping 0 --finetune-early-stopping 0)"),
     ],
 )
 def test_invalid_values_are_rejected_with_field_and_allowed_values(overrides, message):

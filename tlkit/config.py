@@ -486,10 +486,7 @@ class Config:
                     f"{name}.warmup_epochs: {stage.warmup_epochs} must be shorter than "
                     f"{name}.epochs ({stage.epochs})"
                 )
-            if stage.early_stopping and self.data.validation_split == 0:
-                raise ConfigError(
-                    f"{name}.early_stopping: needs a validation split (data.validation_split > 0)"
-                )
+        self._check_early_stopping_has_validation()
         weights = self.model.weights
         if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
             raise ConfigError(
@@ -500,6 +497,19 @@ class Config:
         if backbone not in LOCAL_BACKBONES and not backbone.startswith(KERAS_HUB_PREFIX):
             raise ConfigError(f"model.backbone: {backbone!r} is not one of {BACKBONE_CHOICES_HELP}")
         return self
+
+    def _check_early_stopping_has_validation(self) -> None:
+        """Early stopping watches the validation split; one message names every stage that needs it,
+        so that training on all images (a preset with early stopping, validation_split 0) takes one fix."""
+        if self.data.validation_split:
+            return
+        names = [stage.flag_prefix for stage in (self.head, self.finetune) if stage.early_stopping]
+        if names:
+            fields = " / ".join(f"{name}.early_stopping" for name in names)
+            flags = " ".join(f"--{name}-early-stopping 0" for name in names)
+            raise ConfigError(f"{fields}: early stopping needs a validation split (data.validation_split > 0); "
+                              f"to train on every training image, also set {'them' if len(names) > 1 else 'it'} "
+                              f"to 0 ({flags})")
 
     def _check_unfreeze(self) -> None:
         """A block name must exist in a built-in backbone (keras-hub names are checked when built)."""

@@ -29,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from typing import NoReturn
 
 import keras
 import numpy as np
@@ -106,12 +107,18 @@ def _recording_outcome(run: runs.Run):
     try:
         yield
     except (KeyboardInterrupt, RunCancelled):
-        _record_outcome(run, state="cancelled", error="cancelled by the user")
-        raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
+        _cancelled(run)
     except BaseException as error:
+        if _cancel_requested.is_set():  # SIGTERM's raise landed in library code that re-raised it as its own error
+            _cancelled(run)
         message = describe_error(error, run)
         _record_outcome(run, state="failed", error=message, error_field=field_named_in(message))
         raise
+
+
+def _cancelled(run: runs.Run) -> NoReturn:
+    _record_outcome(run, state="cancelled", error="cancelled by the user")
+    raise RunCancelled(f"run {run.run_id} cancelled; finished stages are kept in {run.path}") from None
 
 
 def _record_outcome(run: runs.Run, **fields) -> None:

@@ -43,12 +43,6 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "small_data.json"
 DOC = REPO_ROOT / "docs" / "small-data.md"
 MARKERS = ("<!-- small-data:start -->", "<!-- small-data:end -->")
 DATASETS = ("fmnist-1000", "fmnist-5000", "digits")
-# The candidate recipe: the `cpu` preset with label smoothing and the small-data rules. It becomes the
-# preset once full-data runs on every backend confirm it (docs/small-data.md).
-CANDIDATE = ["--label-smoothing", "0.1", "--head-min-steps", "2000", "--head-early-stopping", "5",
-             "--head-early-stopping-metric", "val_accuracy", "--finetune-min-steps", "500",
-             "--finetune-warmup-steps", "100", "--finetune-early-stopping", "3",
-             "--finetune-early-stopping-metric", "val_accuracy"]
 RULES_OFF = ["--head-min-steps", "0", "--finetune-min-steps", "0", "--head-warmup-steps", "0",
              "--finetune-warmup-steps", "0", "--head-early-stopping", "0", "--finetune-early-stopping", "0"]
 
@@ -104,7 +98,7 @@ def baselines(flags: list[str]) -> dict:
 def recipe(flags: list[str], backend: str, workdir: Path, label: str) -> dict:
     """One `--preset cpu` run through the CLI; what metrics.json says of it."""
     runs_dir = workdir / "runs" / label
-    command = [sys.executable, "-m", "tlkit.train", "--preset", "cpu", *CANDIDATE, *flags, "--weights", str(WEIGHTS),
+    command = [sys.executable, "-m", "tlkit.train", "--preset", "cpu", *flags, "--weights", str(WEIGHTS),
                "--runs-dir", str(runs_dir), "--cache-dir", str(workdir / "cache"), "--name", label, "--verbose", "0"]
     result = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "KERAS_BACKEND": backend},
                             capture_output=True, text=True, timeout=3 * 3600)
@@ -145,15 +139,15 @@ def render(results: dict) -> str:
         f"before, {results['load_average'][1]} after).",
         "",
         "| dataset | training images | test images | logistic regression (%) | RBF SVM (%) | "
-        "tlkit candidate (%) | candidate − SVM (points) | epochs run/planned (head + finetune) | minutes | "
-        "candidate without min_steps, warm-up, early stopping (%) |",
+        "tlkit `cpu` preset (%) | preset − SVM (points) | epochs run/planned (head + finetune) | minutes | "
+        "preset without min_steps, warm-up, early stopping (%) |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         *rows,
         "",
         "Baselines are scikit-learn defaults on the raw pixels scaled to [0, 1], fit on all the training "
         "images; tlkit holds 10 % of them out for validation and early stopping. Test accuracy is on the "
         "official 10,000-image Fashion-MNIST test set, and on a seeded stratified 20 % of digits (360 "
-        "images: one image is 0.28 points). The candidate: "
+        "images: one image is 0.28 points). The recipe: "
         f"`{' '.join(results.get('recipe_flags', []))}`; its ablation adds "
         f"`{' '.join(results.get('rules_off_flags', []))}`.",
     ])
@@ -187,7 +181,7 @@ def main(argv=None) -> int:
             print(json.dumps(entry), flush=True)
             entries.append(entry)
     results = {"date": str(date.today()), "backend": args.backend, "ablation": args.ablation,
-               "recipe_flags": ["--preset", "cpu", *CANDIDATE], "rules_off_flags": RULES_OFF,
+               "recipe_flags": ["--preset", "cpu"], "rules_off_flags": RULES_OFF,
                "machine": f"{os.cpu_count()}-core CPU", "datasets": entries,
                "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     write_json(RESULTS, results)

@@ -27,7 +27,7 @@ setup: $(VENV)/.installed
 demo: setup
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(BIN)/python -m tlkit.train --preset cpu $(DATA_FLAG) \
 		--weights $(WEIGHTS) --train-limit 6000 --test-limit 2000 --head-epochs 5 --finetune-epochs 1 \
-		--head-min-steps 0 --finetune-min-steps 0 --name demo
+		--name demo
 
 explorer: setup
 	$(BIN)/streamlit run explorer --server.address 127.0.0.1

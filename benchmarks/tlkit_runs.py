@@ -25,10 +25,10 @@ def run_overrides(settings: dict, workdir: Path, name: str, **fields) -> dict:
                  "test_limit": settings["test_limit"]},
         "model": {"weights": str(WEIGHTS), "image_size": settings["image_size"]},
         "augment": {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0, "contrast": 0.0},
-        # Stage lengths in epochs, as each section states them: on 1,350 training images the preset's
-        # step floors would plan ~90 head epochs, and early stopping would end stages at varying points.
-        "head": {"min_steps": 0, "early_stopping": 0},
-        "finetune": {"min_steps": 0, "early_stopping": 0},
+        # Every stage runs the epochs its section states (each case gives them, which turns the preset's
+        # step floor off); early stopping would end stages at varying points.
+        "head": {"early_stopping": 0},
+        "finetune": {"early_stopping": 0},
     }
     for key, value in fields.items():
         if isinstance(value, dict):

@@ -41,8 +41,8 @@ case ${1:-} in
     # Augmentation (the seed's flip/rotation/zoom) needs the full graph every step (no caches), so
     # it is compared on a reduced budget: 10,000 training images (1,000 held out), head stage
     # 3 epochs (the 2,000-step floor off), with and without.
-    train abl-aug-off --train-limit 10000 --head-epochs 3 --head-min-steps 0 --finetune-epochs 0
-    train abl-aug-on --train-limit 10000 --head-epochs 3 --head-min-steps 0 --finetune-epochs 0 \
+    train abl-aug-off --train-limit 10000 --head-epochs 3 --finetune-epochs 0
+    train abl-aug-on --train-limit 10000 --head-epochs 3 --finetune-epochs 0 \
       --aug-flip --aug-rotation 0.1 --aug-zoom 0.1
     ;;
   depth)

@@ -37,9 +37,9 @@ def regression_config(data_dir, weights, runs_dir, cache_dir, seed: int = 42) ->
         "name": f"regression-seed{seed}",
         "data": {"data_dir": str(data_dir), "train_limit": 3000, "test_limit": 1000},
         "model": {"weights": str(weights), "image_size": 32},
-        # Epochs pinned (min_steps off): 2,700 images would otherwise run the preset's 2,000 + 500 steps.
-        "head": {"epochs": 5, "min_steps": 0},
-        "finetune": {"epochs": 2, "min_steps": 0},
+        # Epochs given, so the preset's step floors (2,000 + 500 steps on 2,700 images) are off.
+        "head": {"epochs": 5},
+        "finetune": {"epochs": 2},
     })
 
 

@@ -112,6 +112,27 @@ def test_dry_run_prints_the_resolved_config(tmp_path, capsys):
     assert printed["preset"] == "cpu" and printed["model"]["dropout"] == 0.1 and printed["head"]["epochs"] == 7
 
 
+def dry_run(capsys, *argv) -> dict:
+    assert main([*argv, "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_epochs_given_without_min_steps_run_exactly_those_epochs(tmp_path, capsys):
+    # The cpu preset floors both stages in optimizer steps; an explicit epoch count turns its stage's floor off.
+    preset = dry_run(capsys, "--preset", "cpu")
+    assert (preset["head"]["min_steps"], preset["finetune"]["min_steps"]) == (2000, 500)
+    head_only = dry_run(capsys, "--preset", "cpu", "--head-epochs", "5")
+    assert (head_only["head"]["epochs"], head_only["head"]["min_steps"]) == (5, 0)
+    assert head_only["finetune"]["min_steps"] == 500  # the other stage keeps its floor
+    both = dry_run(capsys, "--preset", "cpu", "--head-epochs", "5", "--head-min-steps", "800")
+    assert both["head"]["min_steps"] == 800
+    # Epochs and min_steps from different sources (file, flags) both count as given.
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('preset = "cpu"\n[head]\nmin_steps = 900\n')
+    mixed = dry_run(capsys, "--config", str(config_file), "--head-epochs", "4")
+    assert (mixed["head"]["epochs"], mixed["head"]["min_steps"]) == (4, 900)
+
+
 def test_failing_run_records_failed_with_the_reason(synthetic_data_dir, tmp_path):
     bad_weights = tmp_path / "corrupt.weights.h5"
     bad_weights.write_bytes(b"this is not an HDF5 file")

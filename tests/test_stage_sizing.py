@@ -21,6 +21,7 @@ def test_a_small_training_set_runs_the_stages_minimum_steps_and_keeps_the_best_e
 
     stages = run.metrics()["stages"]
     assert (stages["head"]["planned_epochs"], stages["head"]["steps_per_epoch"]) == (3, 9)
+    assert (stages["head"]["min_steps"], stages["finetune"]["min_steps"]) == (27, 36)  # metrics.json says why
     assert (stages["finetune"]["planned_epochs"], stages["finetune"]["warmup_steps"]) == (4, 9)
     history = run.history()
     head = [row for row in history if row["stage"] == "head"]

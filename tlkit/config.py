@@ -274,7 +274,8 @@ class StageConfig:
     warmup_epochs: float = option(0.0, "Linear warm-up length in epochs.", min=0.0, max=100.0)
     min_steps: int = option(
         0, "At least this many optimizer steps: on a small training set the stage runs more epochs than "
-        "`epochs` asks for (0: off; a stage with 0 epochs stays off).", min=0, max=1_000_000,
+        "`epochs` asks for (0: off; a stage with 0 epochs stays off). Setting a stage's epochs without "
+        "its min_steps turns the floor off: the stage runs exactly those epochs.", min=0, max=1_000_000,
     )
     warmup_steps: int = option(
         0, "At least this many linear warm-up steps (the longer of this and warmup_epochs; at most half "
@@ -654,12 +655,20 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """Returns a copy of `config` with nested `overrides` applied (unknown keys rejected).
 
     Keys may be nested dicts (`{"model": {"dropout": 0.2}}`) or dotted
-    (`{"model.dropout": 0.2}`).
+    (`{"model.dropout": 0.2}`). A stage's `epochs` given without its `min_steps` means exactly
+    that many epochs: the step floor a preset set for that stage is turned off (`min_steps` 0).
+
+    Example: `apply_overrides(Config.from_preset("cpu"), {"head.epochs": 5})` runs the head stage
+    for 5 epochs on any dataset size; `{"head.epochs": 5, "head.min_steps": 2000}` keeps the floor.
     """
     specs = {spec.key: spec for spec in field_specs(type(config))}
     groups = {key.split(".")[0] for key in specs if "." in key}
     values = config.to_dict()
-    for key, value in flatten_dict(overrides).items():
+    flat = flatten_dict(overrides)
+    for stage in ("head", "finetune"):
+        if f"{stage}.epochs" in flat and f"{stage}.min_steps" not in flat:
+            flat[f"{stage}.min_steps"] = 0
+    for key, value in flat.items():
         if key not in specs:
             hint = f"; groups are {', '.join(sorted(groups))}" if key.split(".")[0] not in groups else ""
             raise ConfigError(f"{key}: unknown config field{hint}")

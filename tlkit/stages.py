@@ -374,6 +374,7 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
     if early_stopping is not None and early_stopping.best_weights is not None:
         best_epoch = early_stopping.best_epoch + 1
     return {"stage": stage, "epochs": resumed_at + epochs_run, "planned_epochs": config.epochs,
+            "min_steps": config.min_steps,
             "steps_per_epoch": steps_per_epoch, "warmup_steps": round(config.warmup_epochs * steps_per_epoch),
             "best_epoch": best_epoch, "resumed_at_epoch": resumed_at, "seconds": seconds,
             "images_per_second": epochs_run * len(train[1]) / seconds if seconds and epochs_run else None}

@@ -222,7 +222,7 @@ def _execute(config: Config, run: runs.Run, completed: list[str], precision: str
                  "evaluate": metrics.pop("evaluate_seconds"), "total": round(time.perf_counter() - started, 2)},
         images_per_second={**{s: v["images_per_second"] for s, v in summaries.items()},
                            "evaluate": metrics.pop("evaluate_images_per_second")},
-        stages={s: {k: v[k] for k in ("epochs", "planned_epochs", "steps_per_epoch", "warmup_steps",
+        stages={s: {k: v[k] for k in ("epochs", "planned_epochs", "min_steps", "steps_per_epoch", "warmup_steps",
                                       "best_epoch", "trainable_params", "trainable_backbone_layers")}
                 for s, v in summaries.items()},
         data_sizes=splits.sizes(),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -342,3 +343,19 @@ def test_importing_tlkit_under_jax_adds_the_measured_xla_cpu_flag_and_respects_t
     assert flags("jax", XLA_FLAGS=own) == own  # the user's own setting wins
     assert flags("jax", TLKIT_XLA_CPU_TUNING="0") == ""
     assert flags("tensorflow") == "" and flags("torch") == ""
+
+
+def test_under_torch_tlkit_keeps_freed_memory_on_glibc_s_heap_unless_the_user_tuned_malloc():
+    def tuned(**env) -> list[str]:
+        script = ("from tlkit import environment; import json, os; "
+                  "print(json.dumps(environment.tune_torch_allocator(os.environ)))")
+        result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True,
+                                text=True, timeout=120, check=True)
+        return json.loads(result.stdout)
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning applies to glibc only")
+    assert tuned(KERAS_BACKEND="torch") == ["M_TRIM_THRESHOLD", "M_MMAP_THRESHOLD"]
+    assert tuned(KERAS_BACKEND="torch", MALLOC_TRIM_THRESHOLD_="0") == []  # the user's own setting wins
+    assert tuned(KERAS_BACKEND="torch", TLKIT_TORCH_MEMORY_TUNING="0") == []
+    assert tuned(KERAS_BACKEND="jax") == [] and tuned(KERAS_BACKEND="tensorflow") == []

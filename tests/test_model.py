@@ -8,7 +8,7 @@ from tlkit.backbones import BackboneError, block_names, build_backbone, list_blo
 from tlkit.config import BACKBONE_BLOCKS, AugmentConfig, Config, ModelConfig, StageConfig
 from tlkit.data import load_splits
 from tlkit.layers import ImageNormalization, ImagePreparation
-from tlkit.model import Classifier, GraphSplitError, build_classifier, split_graph
+from tlkit.model import Classifier, GraphSplitError, build_classifier, release_intermediates, split_graph
 from tlkit.schedules import StageSchedule
 from tlkit.stages import TrainingError, prepare_stage, run_stage
 
@@ -205,6 +205,43 @@ def test_graph_split_recomposes_the_backbone_exactly(first_suffix_layer, boundar
     assert {w.path for w in suffix.weights} <= {w.path for w in backbone.weights}  # shared, not copied
     with pytest.raises(GraphSplitError, match="has no layer 'conv9_block1'"):
         split_graph(backbone, "conv9_block1")
+
+
+def test_an_eager_call_frees_each_intermediate_after_its_last_reader():
+    # Keras keeps every intermediate of a functional call until the call returns (keras-team/keras#19500):
+    # run eagerly (torch), a frozen ResNet50 at 224 px then holds all its activations at once.
+    if keras.backend.backend() != "torch":
+        pytest.skip("tensorflow and jax trace the graph, which frees intermediates itself; only torch runs eagerly")
+    import weakref
+
+    made, freed_when_read = [], []
+
+    class Remember(keras.layers.Layer):
+        def call(self, x):
+            y = x * 2.0
+            made.append(weakref.ref(y))
+            return y
+
+    class Look(keras.layers.Layer):
+        def call(self, x):
+            freed_when_read.append(made[-1]() is None)
+            return x
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Look()(keras.layers.Dense(4)(Remember()(inputs))))  # Dense is Remember's only reader
+    freed_when_read.clear()  # building the graph ran the layers on placeholder tensors
+    images = np.ones((2, 4), "float32")
+    model.predict(images, verbose=0)  # inference (no autograd graph holds the tensor either)
+    release_intermediates(model).predict(images, verbose=0)
+    assert freed_when_read == [False, True]
+
+    # The same outputs as Keras' own run, on a whole classifier (backbone nested in it).
+    classifier = mini_classifier(flip=False)
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)
+    ours = classifier.model.predict(images, verbose=0)
+    for graph in (classifier.model, classifier.backbone):
+        del vars(graph)["_run_through_graph"]
+    np.testing.assert_array_equal(ours, classifier.model.predict(images, verbose=0))
 
 
 def test_classifier_parts_survive_a_save_and_reload(tmp_path):

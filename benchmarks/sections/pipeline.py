@@ -132,7 +132,10 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
         "`resnet50.preprocess_input`, then `fit` on the materialised float32 array. *tlkit*: `build_classifier` fed "
         "uint8 (N, 28, 28, 1); resize, RGB and normalisation run inside the graph. *RSS increase* is sampled every "
         "5 ms from just after the model was built to the end of training (data pipeline + training working set); "
-        "*process peak* is the child's `ru_maxrss` (framework, weights and model included, ~1–1.5 GB on both sides).",
+        "*process peak* is the child's `ru_maxrss` (framework, weights and model included, ~1–1.5 GB on both sides). "
+        "Both children import tlkit, so its process-wide settings apply to both (XLA's CPU flag under jax, glibc's "
+        "allocator under torch); under torch only tlkit's model frees each activation after its last reader "
+        "(`tlkit.model.release_intermediates`). *torch+TLKIT_TORCH_MEMORY_TUNING=0* turns both torch settings off.",
         f"**Speed**: {speed['images']:,} training images at {speed['image_size']} px, {speed['epochs']} epochs, batch "
         f"{speed['batch_size']}; tlkit trains through `tlkit.stages.run_stage` (head stage). *Train img/s* is "
         "steady state (the epochs after the first, which also traces/compiles); *end to end* adds the host "

@@ -252,8 +252,9 @@ def release_intermediates(model: keras.Model) -> keras.Model:
 
     A Keras functional model keeps every intermediate output of a call until the call returns
     (keras-team/keras#19500). Traced or compiled (tensorflow, jax) that costs nothing, but run eagerly
-    (torch) a frozen ResNet50 at 224 px holds all its activations at once: 5.4 GB process peak for a
-    batch of 32, 1.7 GB when each is freed after its last reader. Outputs and gradients are unchanged
+    (torch) a frozen ResNet50 at 224 px holds all its activations at once: 5.3 GB process peak for a
+    forward pass on a batch of 32, 2.4 GB when each is freed after its last reader (with glibc keeping
+    freed blocks for reuse, `environment.tune_torch_allocator`, at the same speed). Outputs and gradients are unchanged
     (autograd keeps what the backward pass needs itself). A no-op on the other backends and with
     `TLKIT_TORCH_MEMORY_TUNING=0` (`tlkit.environment.torch_memory_tuning`).
 

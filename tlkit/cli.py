@@ -27,7 +27,6 @@ from tlkit.config import (
     apply_overrides,
     field_named_in,
     field_specs,
-    flatten_dict,
     read_config_file,
 )
 
@@ -122,9 +121,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     else:
         preset = args.preset or file_preset  # --preset is a flag: it wins over the file
         config = Config.from_preset(preset) if preset else Config()
-    # One override, flags over the file, so that epochs from one and min_steps from the other both count
-    # as given (an epochs given alone turns that stage's step floor off: `apply_overrides`).
-    return apply_overrides(config, {**flatten_dict(file_values), **flatten_dict(flags)}).validate()
+    return apply_overrides(config, file_values, flags).validate()
 
 
 _TOP_LEVEL = {spec.key for spec in field_specs() if len(spec.path) == 1} - {"preset"}

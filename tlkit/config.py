@@ -651,12 +651,13 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         raise ConfigError(f"{spec.key}: cannot read {value!r} as {spec.type.__name__}") from None
 
 
-def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+def apply_overrides(config: Config, *overrides: dict[str, Any]) -> Config:
     """Returns a copy of `config` with nested `overrides` applied (unknown keys rejected).
 
     Keys may be nested dicts (`{"model": {"dropout": 0.2}}`) or dotted
-    (`{"model.dropout": 0.2}`). A stage's `epochs` given without its `min_steps` means exactly
-    that many epochs: the step floor a preset set for that stage is turned off (`min_steps` 0).
+    (`{"model.dropout": 0.2}`); of several overrides (a file, then flags) the later wins. A stage's
+    `epochs` given without its `min_steps` in any of them means exactly that many epochs: the step
+    floor a preset set for that stage is turned off (`min_steps` 0).
 
     Example: `apply_overrides(Config.from_preset("cpu"), {"head.epochs": 5})` runs the head stage
     for 5 epochs on any dataset size; `{"head.epochs": 5, "head.min_steps": 2000}` keeps the floor.
@@ -664,8 +665,8 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     specs = {spec.key: spec for spec in field_specs(type(config))}
     groups = {key.split(".")[0] for key in specs if "." in key}
     values = config.to_dict()
-    flat = flatten_dict(overrides)
-    for stage in ("head", "finetune"):
+    flat = {key: value for override in overrides for key, value in flatten_dict(override).items()}
+    for stage in STAGES:
         if f"{stage}.epochs" in flat and f"{stage}.min_steps" not in flat:
             flat[f"{stage}.min_steps"] = 0
     for key, value in flat.items():

@@ -117,9 +117,9 @@ def tune_xla_cpu(environ=os.environ) -> str | None:
 
 # torch's CPU tensors come from glibc's malloc. Once a functional model frees each activation after its
 # last reader (`tlkit.model.release_intermediates`), glibc hands the big blocks back to the kernel and
-# the next batch faults them in again: a frozen ResNet50 forward at 96 px, batch 64, took 1.32 s instead
-# of 0.99 s. Blocks up to 512 MB kept on the heap (and the heap trimmed only past 1 GB free) bring it
-# back to 1.00 s at half the peak memory (1.3 GB vs 2.5 GB).
+# the next batch faults them in again: a frozen ResNet50 forward at 96 px, batch 64, took 1.20-1.32 s
+# instead of 0.97-1.07 s. Blocks up to 512 MB kept on the heap (and the heap trimmed only past 1 GB free)
+# bring it to 0.95-1.00 s at half the peak memory (1.1-1.3 GB vs 2.4-2.5 GB).
 MALLOC_OPTIONS = {"M_TRIM_THRESHOLD": (-1, 1 << 30), "M_MMAP_THRESHOLD": (-3, 512 << 20)}
 MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 

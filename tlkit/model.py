@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import types
 
 import keras
 
@@ -266,7 +265,7 @@ def release_intermediates(model: keras.Model) -> keras.Model:
         return model
     for graph in _functional_models(model):
         if "_run_through_graph" not in vars(graph):
-            graph._run_through_graph = types.MethodType(_run_through_graph_freeing, graph)
+            graph._run_through_graph = _freeing_runner(graph)
     return model
 
 
@@ -277,27 +276,33 @@ def _functional_models(model: keras.layers.Layer):
         yield from _functional_models(layer)
 
 
-def _run_through_graph_freeing(self, inputs, operation_fn=lambda op: op, call_fn=None):
-    # Keras' Function._run_through_graph (ops/function.py), plus: an intermediate is dropped after its last reader.
-    if call_fn is not None:  # symbolic runs keep Keras' own path
-        return type(self)._run_through_graph(self, inputs, operation_fn, call_fn)
-    nodes = [node for depth in sorted(self._nodes_by_depth, reverse=True) for node in self._nodes_by_depth[depth]
+def _freeing_runner(graph: keras.Model):
+    """Keras' `Function._run_through_graph` (ops/function.py) for `graph`, plus: an intermediate is
+    dropped after its last reader. The node order and reader counts are worked out once, here."""
+    nodes = [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]
              if node.operation and not node.is_input]
     readers = collections.Counter(id(x) for node in nodes for x in node.input_tensors)
-    outputs = {id(x) for x in self.outputs}
-    tensors = {id(x): y for x, y in zip(self.inputs, keras.tree.flatten(inputs))}
-    for node in nodes:
-        if any(id(x) not in tensors for x in node.input_tensors):
-            continue  # not computable from these inputs (Keras skips it too)
-        args, kwargs = node.arguments.fill_in(tensors)
-        results = operation_fn(node.operation)(*args, **kwargs)
-        del args, kwargs
-        for x in node.input_tensors:
-            readers[id(x)] -= 1
-            if readers[id(x)] == 0 and id(x) not in outputs:
-                tensors.pop(id(x), None)
-        tensors.update((id(x), y) for x, y in zip(node.outputs, keras.tree.flatten(results)))
-    return keras.tree.pack_sequence_as(self._outputs_struct, [tensors[id(x)] for x in self.outputs])
+    outputs = {id(x) for x in graph.outputs}
+
+    def run(inputs, operation_fn=lambda op: op, call_fn=None):
+        if call_fn is not None:  # symbolic runs keep Keras' own path
+            return type(graph)._run_through_graph(graph, inputs, operation_fn, call_fn)
+        unread = readers.copy()
+        tensors = {id(x): y for x, y in zip(graph.inputs, keras.tree.flatten(inputs))}
+        for node in nodes:
+            if any(id(x) not in tensors for x in node.input_tensors):
+                continue  # not computable from these inputs (Keras skips it too)
+            args, kwargs = node.arguments.fill_in(tensors)
+            results = operation_fn(node.operation)(*args, **kwargs)
+            del args, kwargs
+            for x in node.input_tensors:
+                unread[id(x)] -= 1
+                if unread[id(x)] == 0 and id(x) not in outputs:
+                    tensors.pop(id(x), None)
+            tensors.update((id(x), y) for x, y in zip(node.outputs, keras.tree.flatten(results)))
+        return keras.tree.pack_sequence_as(graph._outputs_struct, [tensors[id(x)] for x in graph.outputs])
+
+    return run
 
 
 class GraphSplitError(RuntimeError):

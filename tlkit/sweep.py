@@ -338,8 +338,7 @@ def _base_config(values: Any, flags: dict[str, Any]) -> Config:
         preset = preset or file_values.get("preset") or ""
         file_values.pop("preset", None)
         config = Config.from_preset(preset) if preset else Config()
-        # One override (later sources win), so epochs and min_steps from different sources both count as given.
-        config = apply_overrides(config, {**flatten_dict(file_values), **flatten_dict(values), **flatten_dict(flags)})
+        config = apply_overrides(config, file_values, values, flags)
         config = apply_overrides(config, {key: absolute(key, _get(config, key)) for key in PATH_FIELDS})
         return config.validate()
     except ConfigError as error:

@@ -91,6 +91,15 @@ def test_mixed_precision_runs_are_exported_in_float32(synthetic_data_dir, tmp_pa
     assert exported.get_layer("head_dense").compute_dtype == "float32"
 
 
+def test_load_model_takes_a_run_directory_and_names_a_missing_model(trained_run, tmp_path):
+    images = np.zeros((2, *trained_run.load_model().input_shape[1:]), np.uint8)
+    np.testing.assert_allclose(tlkit.load_model(trained_run.path).predict(images, verbose=0),
+                               trained_run.load_model().predict(images, verbose=0), rtol=1e-6)
+    empty = tlkit.runs.create_run(tmp_path / "runs", state="queued")
+    with pytest.raises(FileNotFoundError, match="a directory without a model.keras"):
+        tlkit.load_model(empty.path)
+
+
 def test_export_refuses_an_unknown_format_and_a_run_without_model(trained_run, tmp_path):
     assert run_cli(trained_run.path, "--format", "pickle", module="tlkit.export").returncode == 2
     empty = tlkit.runs.create_run(tmp_path / "runs", state="queued")

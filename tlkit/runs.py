@@ -552,13 +552,22 @@ def now() -> str:
 
 
 def load_model(path: str | os.PathLike):
-    """Loads a tlkit `model.keras` in any process, on any backend.
+    """Loads a tlkit `model.keras` (or a run directory's) in any process, on any backend.
 
     tlkit's custom layers and its learning-rate schedule (named by the saved optimizer of a
     compiled model) are registered with Keras when their modules are imported; this imports
     them first, so `keras.saving.load_model` finds them.
+
+    Raises:
+        FileNotFoundError: a directory without a `model.keras` (e.g. a run that has not finished).
     """
     import keras
+
+    if Path(path).is_dir():  # a run directory: Keras would read it as a SavedModel and fail obscurely
+        if not (Path(path) / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{path} is a directory without a {MODEL_FILE}; pass a run directory whose "
+                                    "run completed, or the path of a .keras file")
+        path = Path(path) / MODEL_FILE
 
     from tlkit import layers, schedules  # noqa: F401  registers tlkit's Keras objects
 

@@ -9,13 +9,12 @@ its shuffling is seeded, so a run with caches sees the same batch order as
 the same run without them.
 
 Hand Keras `keras_input(batches)`, not the batches themselves: under
-TensorFlow, Keras feeds a `PyDataset` (and numpy arrays) through `tf.data`
-with autotuned prefetching, and shutting such an iterator down stalls for
-about 4.3 s in about half of the calls on our CPUs (measured on Keras' own
-array-adapter pipeline iterated by hand: 5 of 9 shutdowns with autotuning
-on, 0 of 5 with it off). Keras shuts one down after
-every epoch, every validation pass and every `predict`, which is what made
-short epochs and feature extraction under TensorFlow slow.
+TensorFlow, Keras feeds a `PyDataset` through a `tf.data` generator, and a
+Python generator anywhere in a `tf.data` pipeline slowed every training step
+(by 1.7x for a frozen ResNet50 at 64 px), while its autotuned prefetching
+stalled about 4.3 s in half of the iterator shutdowns on our CPUs (Keras
+shuts one down after every epoch, validation pass and `predict`).
+`keras_input` gathers the same batches inside TensorFlow instead.
 
 Data-parallel training splits each batch across devices, so every batch, the
 last one too, must be a multiple of the device count: `multiple_of` pads the
@@ -31,7 +30,7 @@ x = np.zeros((100, 8), "float16")
 y = np.arange(100) % 10
 batches = ArrayBatches(x, y, batch_size=32, shuffle=True, seed=0)
 len(batches), batches[0][0].dtype, batches[3][0].shape  # 4, float32, (4, 8)
-model.fit(keras_input(batches), epochs=2, shuffle=False)  # given a compiled `model`
+model.fit(keras_input(batches, epochs=2), epochs=2, steps_per_epoch=len(batches), shuffle=False)
 ```
 """
 
@@ -41,6 +40,8 @@ import math
 
 import keras
 import numpy as np
+
+ALIGNMENT = 64  # bytes: what TensorFlow needs to use a numpy buffer in place (see `aligned_empty`)
 
 
 class ArrayBatches(keras.utils.PyDataset):
@@ -100,6 +101,18 @@ class ArrayBatches(keras.utils.PyDataset):
         return math.ceil(self.padded_samples / self.batch_size)
 
     def __getitem__(self, index: int):
+        picked, chosen, weight = self.batch_rows(index)
+        if self.x_alternative is None:
+            x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
+        else:
+            x = keras.tree.map_structure(lambda array, other: _as_float32(_choose(array, other, picked, chosen)),
+                                         self.x, self.x_alternative)
+        return _keras_batch(x, None if self.y is None else _as_float32(self.y[picked]), weight)
+
+    def batch_rows(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Batch `index` of this epoch as rows of `x`: the row indices (this process's share), per
+        row whether it comes from `x_alternative` (None without one), and the sample weights (None
+        unless the batches are weighted)."""
         start = index * self.batch_size
         picked = self._order[start:start + self.batch_size]
         share = slice(None)
@@ -107,24 +120,15 @@ class ArrayBatches(keras.utils.PyDataset):
             per_process = len(picked) // self.process[1]
             share = slice(self.process[0] * per_process, (self.process[0] + 1) * per_process)
             picked = picked[share]
-        if self.x_alternative is None:
-            x = keras.tree.map_structure(lambda array: _as_float32(array[picked]), self.x)
-        else:
-            chosen = self._alternative[start:start + self.batch_size][share]
-            x = keras.tree.map_structure(lambda array, other: _as_float32(_choose(array, other, picked, chosen)),
-                                         self.x, self.x_alternative)
-        if isinstance(x, list):  # tf.data's generator signatures take tuples, and one input needs none
-            x = x[0] if len(x) == 1 else tuple(x)
-        if self.y is None:
-            return (x,)
+        chosen = None if self._alternative is None else self._alternative[start:start + self.batch_size][share]
+        weight = None
         if self.weighted:
             real = np.arange(start, min(start + self.batch_size, self.padded_samples)) < self.num_samples
             # Keras averages a loss over all rows of a batch, padding included, so the real rows weigh
             # padded/real: the epoch's loss is then the mean over the real samples, exactly (metrics
             # divide by the weights' sum, which any common factor leaves unchanged).
-            weight = self.padded_samples / self.num_samples
-            return x, _as_float32(self.y[picked]), (real[share] * weight).astype("float32")
-        return x, _as_float32(self.y[picked])
+            weight = (real[share] * (self.padded_samples / self.num_samples)).astype("float32")
+        return picked, chosen, weight
 
     def on_epoch_begin(self) -> None:
         self._order, self._alternative = self._draw_order()
@@ -146,6 +150,15 @@ class ArrayBatches(keras.utils.PyDataset):
         return order, alternative
 
 
+def _keras_batch(x, y, weight):
+    """One batch in the structure Keras expects: `(x,)`, `(x, y)` or `(x, y, sample_weight)`."""
+    if isinstance(x, list):  # tf.data takes tuples, and one input needs none
+        x = x[0] if len(x) == 1 else tuple(x)
+    if y is None:
+        return (x,)
+    return (x, y) if weight is None else (x, y, weight)
+
+
 def _choose(array: np.ndarray, other: np.ndarray, picked: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """Rows `picked` of `array`, those where `chosen` is set taken from `other` instead."""
     rows = array[picked]
@@ -157,31 +170,117 @@ def _as_float32(array: np.ndarray) -> np.ndarray:
     return array.astype("float32") if np.issubdtype(array.dtype, np.floating) else array
 
 
-def keras_input(batches: ArrayBatches):
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """`np.empty(shape, dtype)` with its data on a 64-byte boundary.
+
+    TensorFlow reads a numpy array in place only at this alignment (Eigen's), and numpy's own large
+    buffers sit 16 bytes past a page boundary; `keras_input` copies any other array once under
+    TensorFlow. Allocate large arrays meant for it (e.g. cached activations) with this.
+
+    Args:
+        shape: the array's shape.
+        dtype: its dtype.
+    """
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % ALIGNMENT
+    return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
+def keras_input(batches: ArrayBatches, epochs: int = 1):
     """What to pass to `fit`, `evaluate` or `predict` for `batches`.
 
-    Under TensorFlow, a `tf.data.Dataset` over the same batches with tf.data's autotuning
-    off (see the module docstring) and two batches prefetched, so that slicing and casting
-    the next batch overlaps the current step. Each pass over it starts a new epoch of
-    `batches` (`on_epoch_begin`: a fresh shuffle), as Keras does for a `PyDataset`. Other
-    backends get `batches` unchanged.
+    JAX and torch get `batches` themselves: Keras feeds the `PyDataset` and calls its
+    `on_epoch_begin` (a fresh shuffle) every epoch. Under TensorFlow it is a `tf.data.Dataset` that
+    gathers the same batches from the arrays inside TensorFlow, in place where they are aligned
+    (`aligned_empty`), with two batches prefetched. A Python generator anywhere in a `tf.data`
+    pipeline slowed every training step, even one called once per epoch (frozen ResNet50, 64 px,
+    batch 32: 0.35 s per step against 0.20 s gathering in TensorFlow). So, for shuffled batches, the
+    dataset holds all `epochs` epochs, their orders drawn now as the `PyDataset` would draw them
+    epoch by epoch; give `fit` `steps_per_epoch=len(batches)` so that it reads one epoch at a time.
 
     Args:
         batches: the batches to feed.
+        epochs: how many epochs `fit` runs over shuffled `batches` (one pass is all other uses need).
+
+    Example:
+
+    ```python
+    batches = ArrayBatches(x, y, batch_size=32, shuffle=True, seed=0)
+    model.fit(keras_input(batches, epochs=3), epochs=3, steps_per_epoch=len(batches), shuffle=False)
+    ```
     """
     if keras.backend.backend() != "tensorflow":
         return batches
+    return _tensorflow_dataset(batches, epochs if batches.shuffle else 1)
+
+
+def _tensorflow_dataset(batches: ArrayBatches, epochs: int):
     import tensorflow as tf
 
-    def one_epoch():
+    rows, from_alternative, weights, bounds = [], [], [], [0]
+    for _ in range(epochs):
         batches.on_epoch_begin()
         for index in range(len(batches)):
-            yield batches[index]
+            picked, chosen, weight = batches.batch_rows(index)
+            rows.append(picked)
+            from_alternative.append(chosen)
+            weights.append(weight)
+            bounds.append(bounds[-1] + len(picked))
+    rows = tf.constant(np.concatenate(rows))
+    from_alternative = None if batches.x_alternative is None else tf.constant(np.concatenate(from_alternative))
+    weights = None if batches.y is None or not batches.weighted else tf.constant(np.concatenate(weights))
+    x = keras.tree.map_structure(_tensor_in_place, batches.x)
+    x_alternative = None if from_alternative is None else keras.tree.map_structure(_tensor_in_place,
+                                                                                    batches.x_alternative)
+    y = None if batches.y is None else _tensor_in_place(batches.y)
 
-    signature = tf.nest.map_structure(
-        lambda array: tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype)), batches[0])
+    def batch(start, end):
+        picked = rows[start:end]
+
+        def take(array):
+            return _cast_float32(tf.gather(array, picked))
+
+        if from_alternative is None:
+            inputs = keras.tree.map_structure(take, x)
+        else:
+            chosen = from_alternative[start:end]
+            inputs = keras.tree.map_structure(lambda array, other: _where_rows(chosen, take(other), take(array)),
+                                              x, x_alternative)
+        return _keras_batch(inputs, None if y is None else take(y), None if weights is None else weights[start:end])
+
     options = tf.data.Options()
+    # Autotuned prefetching stalls about 4.3 s in half of the iterator shutdowns on our CPUs, and Keras
+    # shuts one down after every epoch, validation pass and predict. The default graph rewrites
+    # serialize the dataset, which copies the arrays it gathers from (a 2.5 GB array peaked 2.5 GB higher).
     options.autotune.enabled = False
-    dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
+    options.experimental_optimization.apply_default_optimizations = False
+    dataset = tf.data.Dataset.from_tensor_slices((bounds[:-1], bounds[1:])).map(batch)
     return dataset.prefetch(2).with_options(options)
+
+
+def _tensor_in_place(array: np.ndarray):
+    """`array` as a TensorFlow tensor on the same memory; a 64-byte-aligned copy when it cannot be."""
+    import tensorflow as tf
+
+    in_place = array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % ALIGNMENT == 0
+    if not in_place or array.size == 0:
+        copy = aligned_empty(array.shape, array.dtype)
+        copy[...] = array
+        array = copy
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+def _cast_float32(tensor):
+    import tensorflow as tf
+
+    return tf.cast(tensor, tf.float32) if tensor.dtype.is_floating else tensor
+
+
+def _where_rows(chosen, if_chosen, otherwise):
+    """Per row, `if_chosen` where `chosen` is set, else `otherwise`."""
+    import tensorflow as tf
+
+    chosen = tf.reshape(chosen, [-1] + [1] * (len(otherwise.shape) - 1))
+    return tf.where(chosen, if_chosen, otherwise)

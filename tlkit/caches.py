@@ -48,7 +48,7 @@ import keras
 import numpy as np
 
 from tlkit import environment
-from tlkit.batches import ArrayBatches, keras_input
+from tlkit.batches import ArrayBatches, aligned_empty, keras_input
 from tlkit.config import Config
 from tlkit.data import Splits
 from tlkit.distribution import batch_multiple, predict_across_hosts, process_share, round_up
@@ -127,7 +127,7 @@ class CacheStore:
     def load(self, key: str, count: int) -> np.ndarray | None:
         """The array stored under `key` if it holds `count` rows, else None."""
         try:
-            array = np.load(self.path(key), allow_pickle=False)
+            array = _load_aligned(self.path(key))
         except (OSError, ValueError):
             return None
         return array if len(array) == count else None
@@ -163,6 +163,22 @@ class CacheStore:
 
     def store_arrays(self, key: str, arrays: list[np.ndarray]) -> bool:
         return all(self.store(f"{key}-{i}", array) for i, array in enumerate(arrays))
+
+
+def _load_aligned(path: Path) -> np.ndarray:
+    """`np.load(path)` into a 64-byte-aligned array, which TensorFlow feeds from without a copy."""
+    with open(path, "rb") as handle:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(handle))
+        if read_header is None:
+            raise ValueError(f"{path} is not an .npy file that np.save writes for a plain array")
+        shape, fortran_order, dtype = read_header(handle)
+        if fortran_order or dtype.hasobject:
+            raise ValueError(f"{path} is not a C-ordered plain array")
+        array = aligned_empty(shape, dtype)
+        if handle.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes:
+            raise ValueError(f"{path} is truncated")
+    return array
 
 
 # ---- computing activations ------------------------------------------------------------
@@ -291,7 +307,7 @@ class BoundaryActivations:
         return np.asarray(features[:len(images)], dtype="float32")
 
     def _compute(self, images: np.ndarray, on_progress: Progress | None) -> list[np.ndarray]:
-        outputs = [np.empty((len(images), *shape), dtype=CACHE_DTYPE) for shape in self.split.boundary_shapes]
+        outputs = [aligned_empty((len(images), *shape), CACHE_DTYPE) for shape in self.split.boundary_shapes]
         predict_in_chunks(self.split.frozen_model, images, self.batch_size, outputs, on_progress)
         if not all(all_finite(array) for array in outputs):
             raise BoundaryCacheError("boundary activations overflow float16; use --no-boundary-cache")
@@ -406,7 +422,7 @@ class RunCaches:
                 extractor = self.classifier.feature_model()
                 (features,) = predict_in_chunks(
                     extractor, images, self.batch_size,
-                    [np.empty((len(images), *extractor.output.shape[1:]), dtype="float32")], progress)
+                    [aligned_empty((len(images), *extractor.output.shape[1:]), "float32")], progress)
             entry["stored"] = self.store.store(key, features)
         entry["seconds"] = round(time.perf_counter() - start, 3)
         if via_boundary:

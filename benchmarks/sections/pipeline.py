@@ -255,12 +255,16 @@ def pipeline_ratios(seeds: list[dict], ours: list[dict]) -> str:
     ])
 
 
+def rss_increase_mb(report: dict) -> float:
+    return report["result"]["memory"]["rss_increase_mb"]
+
+
 def data_path_share(seed: dict, ours: dict, seed_working: dict | None, our_working: dict | None):
     """(seed-style MB, tlkit MB, tlkit / seed-style) held by the data path, or None without working-set runs."""
     if not ok(seed_working) or not ok(our_working):
         return None
-    increase = lambda report: report["result"]["memory"]["rss_increase_mb"]  # noqa: E731
-    seed_data, our_data = increase(seed) - increase(seed_working), increase(ours) - increase(our_working)
+    seed_data = rss_increase_mb(seed) - rss_increase_mb(seed_working)
+    our_data = rss_increase_mb(ours) - rss_increase_mb(our_working)
     # Below zero is the working set's own run-to-run spread (torch's retained heap moves by ~±200 MB).
     return seed_data, our_data, round(max(our_data, 0.0) / seed_data, 3) if seed_data > 0 else None
 

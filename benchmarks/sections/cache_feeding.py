@@ -35,11 +35,14 @@ def plan(settings: dict, workdir: Path) -> list[Case]:
 
 
 def float16_activations(samples: int, shape: list[int], seed: int):
-    """Random float16 (samples, *shape) and int32 labels; filled in float32 chunks of ≤ ~50 MB."""
+    """Random float16 (samples, *shape) and int32 labels; filled in float32 chunks of ≤ ~50 MB. Allocated
+    as tlkit's caches are (64-byte aligned), which TensorFlow feeds from in place."""
     import numpy as np
 
+    from tlkit.batches import aligned_empty
+
     rng = np.random.default_rng(seed)
-    x = np.empty((samples, *shape), dtype="float16")
+    x = aligned_empty((samples, *shape), "float16")
     chunk = max(1, int(50 * MB // (4 * math.prod(shape))))
     for start in range(0, samples, chunk):
         stop = min(samples, start + chunk)
@@ -100,8 +103,9 @@ def cache_feeding(params: dict, emit) -> dict:
         predict_data, predict_options = x, {"batch_size": predict_batch}
     else:
         # As tlkit feeds them: through keras_input (under TensorFlow a tf.data pipeline without autotuning).
-        fit_data, fit_options = (keras_input(ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"])),), {
-            "shuffle": False}
+        batches = ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"])
+        fit_data = (keras_input(batches, epochs=epochs),)
+        fit_options = {"steps_per_epoch": len(batches), "shuffle": False}
         predict_data, predict_options = keras_input(ArrayBatches(x, batch_size=predict_batch)), {}
     monitor = epoch_memory()
     record = {}
@@ -225,16 +229,18 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
     array_mb = settings["samples"] * math.prod(settings["shape"]) * 2 / MB
     parts = [
         f"A random float16 array of {settings['samples']:,} samples × {shape} ({array_mb:,.0f} MB; shaped like "
-        "the boundary activations of `--unfreeze conv5` at 72 px) and int32 labels, filled before measuring. A "
+        "the boundary activations of `--unfreeze conv5` at 72 px; 64-byte aligned, as tlkit allocates its caches) "
+        "and int32 labels, filled before measuring. A "
         "small model consumes it (1×1 Conv2D to 64 channels → global average pooling → Dense 10; Adam, sparse "
         "cross-entropy), so compute is cheap and host memory is dominated by how the array is fed. *Keras "
         f"arrays*: `model.fit(x, y, batch_size={settings['batch_size']}, shuffle=True)` and `model.predict(x, "
         f"batch_size={settings['predict_batch_size']})`, i.e. Keras' array adapter. *ArrayBatches*: "
-        f"`model.fit(keras_input(ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42)), "
-        f"shuffle=False)` and `model.predict(keras_input(ArrayBatches(x, batch_size="
+        f"`model.fit(keras_input(batches, epochs={settings['epochs']}), steps_per_epoch=len(batches), "
+        f"shuffle=False)` for `batches = ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42)` "
+        f"and `model.predict(keras_input(ArrayBatches(x, batch_size="
         f"{settings['predict_batch_size']})))`, as tlkit's `run_stage` and `BoundaryActivations.features` feed "
-        "float16 caches (`keras_input` is a tf.data pipeline without autotuning under TensorFlow, the batches "
-        "themselves elsewhere). Each feeding runs in its own child process per "
+        "float16 caches (`keras_input` is a tf.data pipeline gathering from the array in place under TensorFlow, "
+        "the batches themselves elsewhere). Each feeding runs in its own child process per "
         f"backend: `fit` for {settings['epochs']} epochs, then `predict`. *Memory added* is the peak RSS sampled "
         "every 5 ms during the call minus the RSS just before it; `predict` starts from whatever `fit` left "
         "resident (its *RSS before* column) and may reuse memory `fit` freed. *Keras / ArrayBatches* divides the "

@@ -304,7 +304,9 @@ class BoundaryActivations:
         else:
             batches = ArrayBatches(arrays, batch_size=batch_size, multiple_of=multiple)
             features = self.split.features_model.predict(keras_input(batches), verbose=0)
-        return np.asarray(features[:len(images)], dtype="float32")
+        aligned = aligned_empty((len(images), *features.shape[1:]), "float32")  # fed in place under TensorFlow
+        aligned[...] = features[:len(images)]
+        return aligned
 
     def _compute(self, images: np.ndarray, on_progress: Progress | None) -> list[np.ndarray]:
         outputs = [aligned_empty((len(images), *shape), CACHE_DTYPE) for shape in self.split.boundary_shapes]

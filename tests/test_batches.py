@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from tlkit.batches import ArrayBatches, aligned_empty, keras_input
+from tlkit.batches import ArrayBatches, aligned_empty, fit_input, keras_input
 
 
 def epoch_indices(batches):
@@ -50,7 +50,7 @@ def test_a_model_fits_float16_arrays_through_it():
     batches = ArrayBatches(x, labels, 32, shuffle=True, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. Keras' "your input ran out of data"
-        history = model.fit(keras_input(batches, epochs=5), epochs=5, steps_per_epoch=len(batches), shuffle=False,
+        history = model.fit(**fit_input(batches, epochs=5), epochs=5, shuffle=False,
                             validation_data=keras_input(ArrayBatches(x, labels, 64)), verbose=0)
     assert len(history.history["loss"]) == 5 and history.history["val_accuracy"][-1] > 0.9
 

@@ -8,7 +8,7 @@ serves the same shuffled batches while only one batch is ever float32, and
 its shuffling is seeded, so a run with caches sees the same batch order as
 the same run without them.
 
-Hand Keras `keras_input(batches)`, not the batches themselves: under
+Hand Keras `keras_input(batches)` (`fit_input` for training), not the batches themselves: under
 TensorFlow, Keras feeds a `PyDataset` through a `tf.data` generator, and a
 Python generator anywhere in a `tf.data` pipeline slowed every training step
 (by 1.7x for a frozen ResNet50 at 64 px), while its autotuned prefetching
@@ -24,13 +24,13 @@ Example:
 
 ```python
 import numpy as np
-from tlkit.batches import ArrayBatches, keras_input
+from tlkit.batches import ArrayBatches, fit_input
 
 x = np.zeros((100, 8), "float16")
 y = np.arange(100) % 10
 batches = ArrayBatches(x, y, batch_size=32, shuffle=True, seed=0)
 len(batches), batches[0][0].dtype, batches[3][0].shape  # 4, float32, (4, 8)
-model.fit(keras_input(batches, epochs=2), epochs=2, steps_per_epoch=len(batches), shuffle=False)
+model.fit(**fit_input(batches, epochs=2), epochs=2, shuffle=False)  # given a compiled `model`
 ```
 """
 
@@ -198,7 +198,7 @@ def keras_input(batches: ArrayBatches, epochs: int = 1):
     pipeline slowed every training step, even one called once per epoch (frozen ResNet50, 64 px,
     batch 32: 0.35 s per step against 0.20 s gathering in TensorFlow). So, for shuffled batches, the
     dataset holds all `epochs` epochs, their orders drawn now as the `PyDataset` would draw them
-    epoch by epoch; give `fit` `steps_per_epoch=len(batches)` so that it reads one epoch at a time.
+    epoch by epoch; `fit_input` adds the `steps_per_epoch` that makes `fit` read one epoch at a time.
 
     Args:
         batches: the batches to feed.
@@ -207,13 +207,36 @@ def keras_input(batches: ArrayBatches, epochs: int = 1):
     Example:
 
     ```python
-    batches = ArrayBatches(x, y, batch_size=32, shuffle=True, seed=0)
-    model.fit(keras_input(batches, epochs=3), epochs=3, steps_per_epoch=len(batches), shuffle=False)
+    model.predict(keras_input(ArrayBatches(x, batch_size=256)))
     ```
     """
     if keras.backend.backend() != "tensorflow":
         return batches
     return _tensorflow_dataset(batches, epochs if batches.shuffle else 1)
+
+
+def fit_input(batches: ArrayBatches, epochs: int) -> dict:
+    """`fit`'s `x` and `steps_per_epoch` for `epochs` epochs of the training `batches`.
+
+    Under TensorFlow `x` holds all the epochs (`keras_input`), so `fit` must read it `len(batches)`
+    steps at a time. Elsewhere `x` is the `PyDataset`, which ends each epoch itself, and
+    `steps_per_epoch` stays None: given one, Keras opens the next epoch's iterator at the end of
+    the previous epoch, and under torch that draws from the global generator before the epoch's
+    checkpoint saves it, so a resumed run would draw other dropout masks.
+
+    Args:
+        batches: the shuffled training batches.
+        epochs: how many epochs `fit` runs (from `initial_epoch` on, when resuming).
+
+    Example:
+
+    ```python
+    batches = ArrayBatches(x, y, batch_size=32, shuffle=True, seed=0)
+    model.fit(**fit_input(batches, epochs=3), epochs=3, shuffle=False)
+    ```
+    """
+    data = keras_input(batches, epochs)
+    return {"x": data, "steps_per_epoch": None if data is batches else len(batches)}
 
 
 def _tensorflow_dataset(batches: ArrayBatches, epochs: int):

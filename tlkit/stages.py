@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tlkit.batches import ArrayBatches, keras_input
+from tlkit.batches import ArrayBatches, fit_input, keras_input
 from tlkit.config import StageConfig
 from tlkit.distribution import batch_multiple, process_share
 from tlkit.model import Classifier
@@ -360,9 +360,9 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
         keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     # The batches shuffle themselves (seeded); Keras' shuffle would only reorder whole batches.
-    history = model.fit(keras_input(train_batches, epochs=config.epochs - resumed_at), epochs=config.epochs,
-                        steps_per_epoch=len(train_batches), validation_data=validation, callbacks=callbacks,
-                        verbose=verbose, shuffle=False, initial_epoch=resumed_at)
+    history = model.fit(**fit_input(train_batches, config.epochs - resumed_at), epochs=config.epochs,
+                        validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=False,
+                        initial_epoch=resumed_at)
     seconds = time.perf_counter() - start
     if monitor.non_finite_at:
         epoch, batch = monitor.non_finite_at

@@ -87,7 +87,7 @@ def cache_feeding(params: dict, emit) -> dict:
     import keras
     import numpy as np
 
-    from tlkit.batches import ArrayBatches, keras_input
+    from tlkit.batches import ArrayBatches, fit_input, keras_input
 
     keras.utils.set_random_seed(params["seed"])
     x, y = float16_activations(params["samples"], params["shape"], params["seed"])
@@ -103,9 +103,9 @@ def cache_feeding(params: dict, emit) -> dict:
         predict_data, predict_options = x, {"batch_size": predict_batch}
     else:
         # As tlkit feeds them: through keras_input (under TensorFlow a tf.data pipeline without autotuning).
-        batches = ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"])
-        fit_data = (keras_input(batches, epochs=epochs),)
-        fit_options = {"steps_per_epoch": len(batches), "shuffle": False}
+        fit_data = ()
+        fit_options = {**fit_input(ArrayBatches(x, y, batch_size, shuffle=True, seed=params["seed"]), epochs),
+                       "shuffle": False}
         predict_data, predict_options = keras_input(ArrayBatches(x, batch_size=predict_batch)), {}
     monitor = epoch_memory()
     record = {}
@@ -235,8 +235,8 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
         "cross-entropy), so compute is cheap and host memory is dominated by how the array is fed. *Keras "
         f"arrays*: `model.fit(x, y, batch_size={settings['batch_size']}, shuffle=True)` and `model.predict(x, "
         f"batch_size={settings['predict_batch_size']})`, i.e. Keras' array adapter. *ArrayBatches*: "
-        f"`model.fit(keras_input(batches, epochs={settings['epochs']}), steps_per_epoch=len(batches), "
-        f"shuffle=False)` for `batches = ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42)` "
+        f"`model.fit(**fit_input(batches, epochs={settings['epochs']}), shuffle=False)` for "
+        f"`batches = ArrayBatches(x, y, {settings['batch_size']}, shuffle=True, seed=42)` "
         f"and `model.predict(keras_input(ArrayBatches(x, batch_size="
         f"{settings['predict_batch_size']})))`, as tlkit's `run_stage` and `BoundaryActivations.features` feed "
         "float16 caches (`keras_input` is a tf.data pipeline gathering from the array in place under TensorFlow, "

@@ -220,9 +220,9 @@ def fit_input(batches: ArrayBatches, epochs: int) -> dict:
 
     Under TensorFlow `x` holds all the epochs (`keras_input`), so `fit` must read it `len(batches)`
     steps at a time. Elsewhere `x` is the `PyDataset`, which ends each epoch itself, and
-    `steps_per_epoch` stays None: given one, Keras opens the next epoch's iterator at the end of
-    the previous epoch, and under torch that draws from the global generator before the epoch's
-    checkpoint saves it, so a resumed run would draw other dropout masks.
+    `steps_per_epoch` stays None: with it, a resumed torch run stopped matching the uninterrupted
+    one (the resume tests in tests/test_faults.py and tests/test_caches.py). The cause inside Keras
+    is not pinned down: the batch order and torch's global generator came out the same either way.
 
     Args:
         batches: the shuffled training batches.

@@ -1,14 +1,26 @@
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
 import tlkit
+from tlkit import environment
 from tlkit.backbones import BackboneError, block_names, build_backbone, list_blocks, select_layers
 from tlkit.config import BACKBONE_BLOCKS, AugmentConfig, Config, ModelConfig, StageConfig
 from tlkit.data import load_splits
 from tlkit.layers import ImageNormalization, ImagePreparation
-from tlkit.model import Classifier, GraphSplitError, build_classifier, release_intermediates, split_graph
+from tlkit.model import (
+    Classifier,
+    GraphSplitError,
+    build_classifier,
+    convolve_small_maps_as_matmul,
+    release_intermediates,
+    split_graph,
+)
 from tlkit.schedules import StageSchedule
 from tlkit.stages import TrainingError, prepare_stage, run_stage
 
@@ -242,6 +254,61 @@ def test_an_eager_call_frees_each_intermediate_after_its_last_reader():
     for graph in (classifier.model, classifier.backbone):
         del vars(graph)["_run_through_graph"]
     np.testing.assert_array_equal(ours, classifier.model.predict(images, verbose=0))
+
+
+def small_map_model() -> keras.Model:
+    """Convolutions on 2×2 and 1×1 maps (odd and even kernels, same and valid padding), then one on 4×4."""
+    inputs = keras.Input((2, 2, 8))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="same_3x3_on_2x2")(inputs)
+    x = keras.layers.Conv2D(6, 2, padding="same", name="same_2x2_on_2x2")(x)
+    y = keras.layers.Conv2D(5, 2, padding="valid", name="valid_2x2_to_1x1")(x)
+    y = keras.layers.Conv2D(5, (1, 3), padding="same", name="same_1x3_on_1x1")(y)
+    z = keras.layers.UpSampling2D(2)(x)
+    z = keras.layers.Conv2D(5, 3, padding="same", name="same_3x3_on_4x4")(z)
+    z = keras.layers.Conv2D(5, 1, name="pointwise_on_4x4")(z)
+    outputs = keras.layers.Concatenate()([keras.layers.Flatten()(y), keras.layers.GlobalAveragePooling2D()(z)])
+    return keras.Model(inputs, keras.layers.Dense(3)(outputs))
+
+
+SMALL_MAP_LAYERS = ["same_3x3_on_2x2", "same_2x2_on_2x2", "valid_2x2_to_1x1", "same_1x3_on_1x1"]
+
+
+def test_small_maps_convolved_as_a_matmul_give_the_same_outputs_and_training_steps(monkeypatch):
+    # XLA's CPU convolutions are ~80x slow on 2x2 maps, so under jax tlkit computes them as a matmul;
+    # the arithmetic is checked here on every backend (the switch is forced on).
+    monkeypatch.setattr(environment, "xla_cpu_tuning", lambda: True)
+    keras.utils.set_random_seed(0)
+    stock, ours = small_map_model(), small_map_model()
+    ours.set_weights(stock.get_weights())
+    assert convolve_small_maps_as_matmul(ours) == SMALL_MAP_LAYERS  # never the 4×4 map or a 1×1 kernel
+    assert convolve_small_maps_as_matmul(ours) == []  # once only
+    x = np.random.default_rng(0).standard_normal((16, 2, 2, 8)).astype("float32")
+    y = np.random.default_rng(1).standard_normal((16, 3)).astype("float32")
+    np.testing.assert_allclose(ours.predict(x, verbose=0), stock.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    for model in (stock, ours):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for got, expected in zip(ours.get_weights(), stock.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_small_maps_are_convolved_as_a_matmul_only_under_jax_and_again_after_a_reload(tmp_path):
+    model = small_map_model()
+    changed = convolve_small_maps_as_matmul(model)
+    assert changed == (SMALL_MAP_LAYERS if keras.backend.backend() == "jax" else [])
+    assert environment.xla_cpu_tuning({"KERAS_BACKEND": "jax"})
+    assert not environment.xla_cpu_tuning({"KERAS_BACKEND": "jax", "TLKIT_XLA_CPU_TUNING": "0"})
+    assert not environment.xla_cpu_tuning({"KERAS_BACKEND": "torch"})
+    # A saved model is plain Keras; tlkit.load_model in a fresh process applies the change again.
+    path = tmp_path / "model.keras"
+    model.save(path)
+    script = ("import sys, tlkit; model = tlkit.load_model(sys.argv[1]); "
+              "print([layer.name for layer in model.layers if 'convolution_op' in vars(layer)])")
+    for backend in sorted({"jax", keras.backend.backend()}):
+        loaded = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                                timeout=300, env={**os.environ, "KERAS_BACKEND": backend})
+        assert loaded.returncode == 0, loaded.stderr[-2000:]
+        assert loaded.stdout.strip().splitlines()[-1] == str(SMALL_MAP_LAYERS if backend == "jax" else [])
 
 
 def test_classifier_parts_survive_a_save_and_reload(tmp_path):

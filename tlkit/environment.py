@@ -97,12 +97,19 @@ def keras_backend_name(environ=os.environ) -> str:
     return "tensorflow"
 
 
+def xla_cpu_tuning(environ=os.environ) -> bool:
+    """Whether tlkit works around XLA's CPU convolutions under jax: the flag `tune_xla_cpu` adds, and
+    small feature maps convolved as a matmul (`tlkit.model.convolve_small_maps_as_matmul`). The
+    default; `TLKIT_XLA_CPU_TUNING=0` turns both off, e.g. to measure them side by side."""
+    return keras_backend_name(environ) == "jax" and environ.get("TLKIT_XLA_CPU_TUNING") != "0"
+
+
 def tune_xla_cpu(environ=os.environ) -> str | None:
     """Adds tlkit's measured XLA CPU flag to `XLA_FLAGS` when Keras will run on jax; returns it, or
     None when it does not apply (another backend, an unmeasured jaxlib, or the user set it already).
     Takes effect if called before jax starts its CPU client (importing tlkit does it);
     `TLKIT_XLA_CPU_TUNING=0` turns it off."""
-    if keras_backend_name(environ) != "jax" or environ.get("TLKIT_XLA_CPU_TUNING") == "0":
+    if not xla_cpu_tuning(environ):
         return None
     version = versions(("jaxlib",)).get("jaxlib", "")
     flag = XLA_CPU_FLAGS.get(".".join(version.split(".")[:2]))

@@ -570,8 +570,11 @@ def load_model(path: str | os.PathLike):
         path = Path(path) / MODEL_FILE
 
     from tlkit import layers, schedules  # noqa: F401  registers tlkit's Keras objects
+    from tlkit.model import convolve_small_maps_as_matmul
 
-    return keras.saving.load_model(path)
+    model = keras.saving.load_model(path)
+    convolve_small_maps_as_matmul(model)  # what the saved model does not carry: backend speed-ups
+    return model
 
 
 # ---- the store ----------------------------------------------------------------

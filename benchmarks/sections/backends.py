@@ -191,7 +191,9 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
         "Precision is the Keras dtype policy (`mixed_*` = float32 variables, 16-bit compute). Sizes, batch sizes "
         "and the mean-based figures are in the per-backend details. *jax* runs with the XLA CPU flag that "
         "importing tlkit sets (convolutions on XLA's own multi-threaded kernels, not YNNPACK; "
-        "`tlkit/environment.py`), *jax+TLKIT_XLA_CPU_TUNING=0* without it; *torch+OMP_WAIT_POLICY=PASSIVE* is torch "
+        "`tlkit/environment.py`) and with convolutions on maps of at most 2×2 computed as one matmul "
+        "(`tlkit.model.convolve_small_maps_as_matmul`: conv4 and conv5 at 32 px, conv5 at 64 px), "
+        "*jax+TLKIT_XLA_CPU_TUNING=0* without either; *torch+OMP_WAIT_POLICY=PASSIVE* is torch "
         "with OpenMP threads that sleep instead of spinning while they wait."
     ]
     found = measurements(reports)

@@ -267,7 +267,19 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
             ("feeding", "array (MB)", "RSS before (MB)", "memory added (MB)", "Keras / ArrayBatches", "seconds",
              "process peak RSS (MB)"), predict_rows))
     parts.append("\n".join(feeding_verdict(backend, *feeding_pair(group)) for backend, group in groups.items()))
+    if any(FIXED_MMAP_THRESHOLD in backend for backend in groups):
+        parts.append(
+            f"*{FIXED_MMAP_THRESHOLD}* rows: the same children with glibc's mmap threshold fixed at that size. By "
+            "default glibc raises the threshold to the size of each large block freed, so later blocks of that "
+            "size come from the heap and stay resident once freed; under TensorFlow every batch the `tf.data` "
+            f"pipeline gathers and casts to float32 is such a block ({settings['predict_batch_size']} samples: "
+            f"{settings['predict_batch_size'] * math.prod(settings['shape']) * 4 / MB:,.0f} MB in `predict`). "
+            "What these rows take away from the default rows is memory glibc kept for reuse, not data tlkit keeps.")
     return "\n\n".join(parts)
+
+
+# The backend variant that separates glibc's retained heap from what the feeding holds (see render).
+FIXED_MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
 
 
 def summarise(reports: list[dict], settings: dict) -> list[SummaryRow]:

@@ -311,7 +311,7 @@ def _freeing_runner(graph: keras.Model):
 # convolution with 512 channels over a batch of 64 2x2 maps took 0.81 s, against 12.5 ms as one matmul
 # of the 3x3 patches with the kernel (TensorFlow's own convolution: 9.4 ms); its gradient 1.64 s vs
 # 29 ms. On 3x3 maps the two are equal and from 4x4 the convolution is faster. ResNet50 meets such maps
-# from 17 to 64 px (conv5 at 2x2 from 33 to 64 px; conv4 at 2x2, conv5 at 1x1 from 17 to 32 px).
+# at 64 px and below (conv5 at 2x2 from 33 to 64 px; conv4 at 2x2 and conv5 at 1x1 from 17 to 32 px).
 SMALL_MAP_SIDE = 2
 
 
@@ -331,7 +331,7 @@ def convolve_small_maps_as_matmul(model: keras.Model) -> list[str]:
 
     ```python
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
-    convolve_small_maps_as_matmul(backbone)  # under jax: the nine 3×3 convolutions of conv5 at 2×2
+    convolve_small_maps_as_matmul(backbone)  # under jax: conv5's three 3×3 convolutions (2×2 maps)
     ```
     """
     if not environment.xla_cpu_tuning():
@@ -359,7 +359,7 @@ def _is_small_map_convolution(layer) -> bool:
 def _patches_times_kernel(layer: keras.layers.Conv2D, inputs, kernel):
     """`layer`'s convolution as (every kernel position's input slice, side by side) @ kernel."""
     kernel_height, kernel_width, channels, filters = kernel.shape
-    if layer.padding == "same":  # stride 1: the output keeps the input's size; odd padding goes below/right
+    if layer.padding == "same":  # stride 1: the output keeps the input's size; an even kernel pads one more below/right
         pads = [(0, 0), ((kernel_height - 1) // 2, kernel_height // 2), ((kernel_width - 1) // 2, kernel_width // 2),
                 (0, 0)]
         inputs = keras.ops.pad(inputs, pads)

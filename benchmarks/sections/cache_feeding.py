@@ -133,6 +133,9 @@ def cache_feeding(params: dict, emit) -> dict:
 
 MEMORY_FLOOR_MB = 10.0
 
+# The backend variant that separates glibc's retained heap from what the feeding holds (see render).
+FIXED_MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
+
 
 def memory_ratio(keras_mb: float, batches_mb: float) -> str:
     if batches_mb < MEMORY_FLOOR_MB:
@@ -279,9 +282,6 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
             "so tlkit leaves glibc's default alone.")
     return "\n\n".join(parts)
 
-
-# The backend variant that separates glibc's retained heap from what the feeding holds (see render).
-FIXED_MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
 
 
 def summarise(reports: list[dict], settings: dict) -> list[SummaryRow]:

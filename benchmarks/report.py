@@ -51,6 +51,16 @@ def machine_info(command: str, mode: str) -> dict:
     }
 
 
+def cpu_label(info: dict) -> str:
+    """A short name for the CPU a run measured on, by what decides float32/bfloat16 speed: the widest SIMD
+    it has. Our 2-core machines have come as AMD EPYC family 25 model 17 (AVX-512 with bf16) and model 1
+    (AVX2 only), which trains a ResNet50 about 3x slower, so a figure means little without it."""
+    cpu, flags = info["cpu"], set(info["cpu"]["flags"])
+    widest = ("AMX" if "amx_tile" in flags else "AVX-512 + bf16" if "avx512_bf16" in flags
+              else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    return f"{widest} (model {cpu.get('model_number')})"
+
+
 def machine_rows(info: dict) -> tuple[tuple[str, str], ...]:
     cpu = info["cpu"]
     flags = [flag for flag in INTERESTING_FLAGS if flag in cpu["flags"]]
@@ -160,7 +170,9 @@ def render(runs: list[dict]) -> str:
         "of each of its backends; earlier figures of the summary's comparisons are listed under *History* at the "
         "end. Every comparison below was measured side by side in one invocation, each case in a fresh child "
         "process with `KERAS_BACKEND` set in its environment. When other work shares the machine, absolute "
-        "numbers move with the load; ratios of cases run back to back are the figures to read. Each section "
+        "numbers move with the load; ratios of cases run back to back are the figures to read. The machine's CPU "
+        "has varied between runs (see *Machine*): figures from different CPUs do not compare, so the summary "
+        "names the CPU of each. Each section "
         "states the load average its cases saw, and *CPU util.* is a child's CPU seconds / wall seconds during the "
         "measured phase (≈ the core count when it had the machine to itself, ≈ 1 when it got one core's worth).",
         render_summary(current),
@@ -204,12 +216,13 @@ def measured_by(measurements: list[Measurement]) -> str:
 
 def render_summary(current: dict[str, list[Measurement]]) -> str:
     """One row per comparison (the headline ratios against the targets of issue 4), from the latest measurements."""
-    rows = [(row.label, row.measured, row.target, measurement.date, load_range(row.reports)[5:])
+    rows = [(row.label, row.measured, row.target, measurement.date, cpu_label(measurement.run["info"]),
+             load_range(row.reports)[5:])
             for measurements in current.values() for measurement in measurements
             for row in summary_rows(measurement)]
     if not rows:
         return ""
-    return "## Summary\n\n" + table(("", "measured", "target", "measured on", "load (1 min)"), rows)
+    return "## Summary\n\n" + table(("", "measured", "target", "measured on", "CPU", "load (1 min)"), rows)
 
 
 def render_machine(current: dict[str, list[Measurement]]) -> str:
@@ -231,7 +244,8 @@ def render_machine(current: dict[str, list[Measurement]]) -> str:
     parts = []
     for rows, indices in machines.items():
         if len(machines) > 1:
-            parts.append(f"Runs of {', '.join(runs[index]['info']['date'] for index in sorted(indices))}:")
+            label = cpu_label(runs[indices[0]]["info"])
+            parts.append(f"**{label}**: runs of {', '.join(runs[index]['info']['date'] for index in sorted(indices))}:")
         parts.append(table(("", ""), rows))
     run_rows = [(runs[index]["info"]["date"], f"`{runs[index]['info']['command']}`", runs[index]["mode"],
                  ", ".join(provides[index]), runs[index]["info"]["code"],
@@ -254,7 +268,8 @@ def render_history(current: dict[str, list[Measurement]], older: list[Measuremen
             mode = "" if measurement.run["mode"] == "full" else f", {measurement.run['mode']} mode"
             rank = labels.index(row.label) if row.label in labels else len(labels)
             lines.append(((rank, row.label, measurement.order),
-                          f"- {measurement.date}: {row.label}: {row.measured} ({load_range(row.reports)}{mode}; "
+                          f"- {measurement.date}: {row.label}: {row.measured} ({cpu_label(measurement.run['info'])}; "
+                          f"{load_range(row.reports)}{mode}; "
                           f"`{measurement.run['info']['command']}`)"))
     if not lines:
         return ""

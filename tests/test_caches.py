@@ -194,6 +194,33 @@ def test_predictions_report_progress_batch_by_batch(monkeypatch):
     np.testing.assert_allclose(outputs, model.predict(images, verbose=0), atol=1e-6)
 
 
+class BatchSizes(keras.layers.Layer):
+    """Passes its input through and records its batch size at each trace (jax, tensorflow) or call (torch)."""
+
+    def __init__(self, record, **kwargs):
+        super().__init__(**kwargs)
+        self.record = record  # a callable: Keras would track (copy) a list attribute
+
+    def call(self, inputs):
+        self.record(inputs.shape[0])
+        return inputs
+
+
+@pytest.mark.parametrize("count, padded", [(300, True), (70, False)])
+def test_under_jax_a_short_last_batch_pads_to_a_whole_one_when_that_costs_little(count, padded):
+    # 300 = 4 x 64 + 44: 20 padding rows are under an eighth of the work, so jax compiles one shape;
+    # 70 = 64 + 6 would need 58 (more than the 70 images' eighth), so it compiles a second shape instead.
+    seen = []
+    model = keras.Sequential([keras.Input((4,)), BatchSizes(seen.append), keras.layers.Dense(2)])
+    images = np.random.default_rng(0).normal(size=(count, 4)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images))
+    seen.clear()
+    (outputs,) = predict_in_chunks(model, images, 64, [np.empty((count, 2), "float32")])
+    np.testing.assert_allclose(outputs, expected, atol=1e-6)
+    if keras.backend.backend() == "jax":
+        assert set(seen) == ({64} if padded else {64, count % 64})
+
+
 def test_every_phase_reports_progress_and_eta_in_status(synthetic_data_dir, tmp_path, monkeypatch):
     # Cache extraction, fitting and evaluation each report while they run (here after every batch).
     monkeypatch.setattr(PredictProgress, "INTERVAL", 0.0)

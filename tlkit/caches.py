@@ -52,7 +52,7 @@ from tlkit import environment
 from tlkit.batches import ArrayBatches, aligned_empty, keras_input
 from tlkit.config import Config
 from tlkit.data import Splits
-from tlkit.distribution import batch_multiple, predict_across_hosts, process_share, round_up
+from tlkit.distribution import batch_multiple, evaluation_multiple, predict_across_hosts, process_share, round_up
 from tlkit.model import BoundarySplit, Classifier, GraphSplitError
 from tlkit.runs import pid_alive
 
@@ -78,10 +78,6 @@ class StageData:
     val: tuple | None
     cache: dict | None = None
     train_mirrored: np.ndarray | list[np.ndarray] | None = None
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TLKIT_CACHE_DIR") or Path.home() / ".cache" / "tlkit")
 
 
 def cache_identity(config: Config, classifier: Classifier, precision: str) -> dict | None:
@@ -113,7 +109,7 @@ class CacheStore:
     """
 
     def __init__(self, directory: str | os.PathLike | None = None):
-        self.directory = Path(directory).expanduser() if directory else default_cache_dir()
+        self.directory = Path(directory).expanduser() if directory else environment.default_cache_dir()
 
     @staticmethod
     def key(identity: dict | None, images: np.ndarray) -> str:
@@ -195,13 +191,15 @@ def predict_in_chunks(model: keras.Model, images: np.ndarray, batch_size: int, o
     """
     multiple = batch_multiple()  # data parallel: each batch splits evenly across the devices
     batch_size = round_up(batch_size, multiple)
+    pad_to = evaluation_multiple(len(images), batch_size)
+    chunk = max(batch_size, chunk - chunk % batch_size)  # whole batches: only the last chunk ends in a partial one
     for start in range(0, len(images), chunk):
         callbacks = [PredictProgress(on_progress, start, len(images), batch_size)] if on_progress else []
         part = images[start:start + chunk]
         if process_share()[1] > 1:
             values = predict_across_hosts(model, _padded(part, multiple), batch_size)
         else:
-            batches = ArrayBatches(part, batch_size=batch_size, multiple_of=multiple)
+            batches = ArrayBatches(part, batch_size=batch_size, multiple_of=pad_to)
             values = model.predict(keras_input(batches), verbose=0, callbacks=callbacks)
         values = values if isinstance(values, (list, tuple)) else [values]
         count = min(chunk, len(images) - start)
@@ -303,7 +301,8 @@ class BoundaryActivations:
             padded = [_padded(array, multiple) for array in arrays]
             (features,) = predict_across_hosts(self.split.features_model, padded, batch_size)
         else:
-            batches = ArrayBatches(arrays, batch_size=batch_size, multiple_of=multiple)
+            pad_to = evaluation_multiple(len(images), batch_size)
+            batches = ArrayBatches(arrays, batch_size=batch_size, multiple_of=pad_to)
             features = self.split.features_model.predict(keras_input(batches), verbose=0)
         aligned = aligned_empty((len(images), *features.shape[1:]), "float32")  # fed in place under TensorFlow
         aligned[...] = features[:len(images)]

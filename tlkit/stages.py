@@ -37,7 +37,7 @@ from keras import ops
 
 from tlkit.batches import ArrayBatches, fit_input, keras_input
 from tlkit.config import StageConfig
-from tlkit.distribution import batch_multiple, process_share
+from tlkit.distribution import batch_multiple, evaluation_multiple, process_share
 from tlkit.model import Classifier
 from tlkit.runs import fsync_path
 from tlkit.schedules import StageSchedule
@@ -344,9 +344,10 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
             start_from_epoch=math.ceil(config.warmup_epochs))
         callbacks.append(early_stopping)
     # Data parallel: every batch, the last too, splits evenly across the devices (and hosts).
-    split = {"multiple_of": batch_multiple(), "process": process_share()}
+    process = process_share()
     train_batches = ArrayBatches(train[0], _targets(train[1], label_smoothing, num_classes), batch_size,
-                                 shuffle=True, seed=seed, x_alternative=train_mirrored, **split)
+                                 shuffle=True, seed=seed, x_alternative=train_mirrored, multiple_of=batch_multiple(),
+                                 process=process)
     resumed_at = 0
     if checkpoint_dir is not None:
         resumed_at = EpochCheckpoint.saved_epoch(checkpoint_dir)
@@ -354,8 +355,9 @@ def run_stage(model: keras.Model, config: StageConfig, train, val=None, *, stage
         callbacks.append(EpochCheckpoint(checkpoint_dir))
     validation = None
     if val is not None and len(val[1]):
-        validation = keras_input(ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size,
-                                              **split))
+        val_batches = ArrayBatches(val[0], _targets(val[1], label_smoothing, num_classes), batch_size,
+                                   multiple_of=evaluation_multiple(len(val[1]), batch_size), process=process)
+        validation = keras_input(val_batches)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     start = time.perf_counter()

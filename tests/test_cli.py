@@ -345,6 +345,32 @@ def test_importing_tlkit_under_jax_adds_the_measured_xla_cpu_flag_and_respects_t
     assert flags("tensorflow") == "" and flags("torch") == ""
 
 
+@pytest.mark.backend_independent  # sets KERAS_BACKEND itself
+def test_under_jax_the_next_process_reads_compiled_programs_back_from_the_cache_dir(tmp_path):
+    pytest.importorskip("jax")
+    script = ("import json, os; import tlkit; import jax, jax.numpy as jnp; events = []; "
+              "jax.monitoring.register_event_listener(lambda name, **_: events.append(name)); "
+              "jax.jit(lambda x: x * 2 + 1)(jnp.arange(3.0)).block_until_ready(); "
+              "print(json.dumps([os.environ.get('JAX_COMPILATION_CACHE_DIR', ''), "
+              "[name.rsplit('/', 1)[-1] for name in events if name.endswith(('cache_hits', 'cache_misses'))]]))")
+
+    def run(**env) -> list:
+        env = {key: value for key, value in {**os.environ, "TLKIT_CACHE_DIR": str(tmp_path), **env}.items()
+               if value is not None}
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                timeout=120, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    directory, events = run(KERAS_BACKEND="jax", JAX_COMPILATION_CACHE_DIR=None)
+    assert directory == str(tmp_path / "jax") and "cache_misses" in events and "cache_hits" not in events
+    assert list((tmp_path / "jax").glob("*-cache"))
+    assert run(KERAS_BACKEND="jax", JAX_COMPILATION_CACHE_DIR=None) == [directory, ["cache_hits"] * len(events)]
+    own = str(tmp_path / "own")
+    assert run(KERAS_BACKEND="jax", JAX_COMPILATION_CACHE_DIR=own)[0] == own  # the user's own setting wins
+    assert run(KERAS_BACKEND="jax", JAX_COMPILATION_CACHE_DIR=None, TLKIT_JAX_COMPILATION_CACHE="0") == ["", []]
+    assert run(KERAS_BACKEND="tensorflow", JAX_COMPILATION_CACHE_DIR=None)[0] == ""
+
+
 def test_under_torch_tlkit_keeps_freed_memory_on_glibc_s_heap_unless_the_user_tuned_malloc():
     def tuned(**env) -> list[str]:
         script = ("from tlkit import environment; import json, os; "

@@ -20,6 +20,7 @@ from tlkit import environment  # noqa: E402
 
 environment.tune_xla_cpu()  # before jax starts: XLA reads its flags once
 environment.tune_torch_allocator()  # before torch allocates its working set
+environment.keep_jax_compilations()  # before jax reads its configuration
 
 from tlkit import runs  # noqa: E402
 from tlkit.config import PRESETS, Config, ConfigError  # noqa: E402

@@ -125,7 +125,9 @@ def run_case(section: Section, case: Case, backend: str, workdir: Path, index: i
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{index:02d}-{section.name}-{backend}-{case.function}")
     out, log = reports_dir / f"{stem}.json", reports_dir / f"{stem}.log"
     keras_backend, extra_env = parse_backend(backend)
-    env = {**os.environ, **extra_env, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+    # jax's compilation cache off unless a variant turns it on: cases read no programs another case compiled.
+    env = {**{key: value for key, value in os.environ.items() if key != "JAX_COMPILATION_CACHE_DIR"},
+           "TLKIT_JAX_COMPILATION_CACHE": "0", **extra_env, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2",
            # Keep every run directory and cache inside the work dir, never in ~/.cache or ./runs.
            "TLKIT_CACHE_DIR": str(workdir / "cache" / "default"), "TLKIT_RUNS_DIR": str(workdir / "runs")}
     command = [sys.executable, "-m", "benchmarks.child", "--section", section.name, "--case", case.function,

@@ -129,7 +129,8 @@ def run_case(section: Section, case: Case, backend: str, workdir: Path, index: i
     env = {**{key: value for key, value in os.environ.items() if key != "JAX_COMPILATION_CACHE_DIR"},
            "TLKIT_JAX_COMPILATION_CACHE": "0", **extra_env, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2",
            # Keep every run directory and cache inside the work dir, never in ~/.cache or ./runs.
-           "TLKIT_CACHE_DIR": str(workdir / "cache" / "default"), "TLKIT_RUNS_DIR": str(workdir / "runs")}
+           "TLKIT_CACHE_DIR": str(workdir / "cache" / "default"), "TLKIT_RUNS_DIR": str(workdir / "runs"),
+           **case.params.get("env", {})}  # what the case itself sets
     command = [sys.executable, "-m", "benchmarks.child", "--section", section.name, "--case", case.function,
                "--params", json.dumps(case.params), "--out", str(out)]
     print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {section.name} / {backend} / {case.label} …",

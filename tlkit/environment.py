@@ -123,10 +123,10 @@ def tune_xla_cpu(environ=os.environ) -> str | None:
 # ---- jax's compiled programs, kept on disk --------------------------------------------------
 
 # A jax run compiles hundreds of small programs (initialisers, optimizer and metric updates, each new batch
-# shape) besides its train and predict steps; a smoke run on 2 cores spent ~35 of its 53 s on them. Kept on
-# disk, every later run of the same model (a resume, the next run of a sweep or from the explorer, the test
-# suite's many small runs) reads them back: that run took 19 s (a `cpu`-preset run on 1,500 images: 77.9 s
-# -> 58.7 s, docs/performance.md, section compile_cache). Most take well under jax's default 1 s
+# shape) besides its train and predict steps. Kept on disk, every later run of the same model (a resume, the
+# next run of a sweep or from the explorer, the test suite's many small runs) reads them back: a smoke run
+# (a test, 2 cores) took 19 s instead of 53 s, a `cpu`-preset run on 1,500 images 58.7 s instead of 77.9 s
+# (docs/performance.md, section compile_cache). Most take well under jax's default 1 s
 # threshold for caching, so everything is kept, within a size limit (least recently used entries go first).
 JAX_COMPILATION_CACHE_BYTES = 2 << 30
 

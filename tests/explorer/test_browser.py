@@ -233,11 +233,13 @@ def test_launch_watch_cancel_and_compare(page, explorer, capsys):
     # ---- An out-of-range value is named next to its field and blocks Launch ----
     fill(page, "Train limit", "5")
     page.get_by_text("Data › Train limit: 5 is outside the allowed range [20, inf]").wait_for()
-    assert page.get_by_role("button", name="Launch").is_disabled()
+    # Streamlit redraws top to bottom: the message can show while the button below is still the old one.
+    launch_button = page.get_by_role("button", name="Launch")
+    assert wait_until(launch_button.is_disabled, timeout=10, interval=0.2)
     assert has_value(page, "Train limit", "5")  # kept, not silently reverted
     fill(page, "Train limit", "1000")
     page.get_by_text("outside the allowed range").wait_for(state="detached")
-    assert page.get_by_role("button", name="Launch").is_enabled()
+    assert wait_until(launch_button.is_enabled, timeout=10, interval=0.2)
 
     # ---- Launch: two smoke runs queue behind each other, newest first in the live strip ----
     first = launch(page, runs_dir, "e2e-a")

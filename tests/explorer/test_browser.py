@@ -190,9 +190,9 @@ def launch(page, runs_dir: Path, name: str) -> runs.Run:
     return runs.Run(runs_dir / run_id)
 
 
-def has_value(page, label: str, value: str) -> bool:
+def has_value(page, label: str, value: str, nth: int = 0) -> bool:
     """Whether the input shows `value` within a few seconds (a fresh page fills its widgets late)."""
-    box = page.locator(f'input[aria-label="{label}"]').first
+    box = page.locator(f'input[aria-label="{label}"]').nth(nth)
     return wait_until(lambda: box.input_value() == value, timeout=15, interval=0.25)
 
 
@@ -273,9 +273,11 @@ def test_launch_watch_cancel_and_compare(page, explorer, capsys):
     assert first.config()["data"]["data_dir"] == (data_dir or None)  # the detected copy, used as is
 
     # ---- Cancel a running run ----
-    fill(page, "Epochs", "30", nth=0)  # head epochs: long enough to cancel mid-stage
+    # Fine-tuning for 200 epochs: long enough to cancel mid-stage. (Not the head stage: it trains on
+    # the features the first two runs cached, 30 epochs in a few seconds, often over before a redraw.)
+    fill(page, "Epochs", "200", nth=1)
     third = launch(page, runs_dir, "e2e-cancel")
-    card(page, third).get_by_text("stage head").wait_for(timeout=RUN_TIMEOUT_MS)
+    card(page, third).get_by_text("stage finetune").wait_for(timeout=RUN_TIMEOUT_MS)
     card(page, third).get_by_role("button", name="Cancel").click()
     status = runs.wait_for(third, timeout=60)
     assert status["state"] == "cancelled", third.log_tail()
@@ -353,5 +355,5 @@ def test_launch_watch_cancel_and_compare(page, explorer, capsys):
     shot(page, "runs.png")
     page.get_by_role("button", name="Clone into form").click()
     page.get_by_text("is a copy of").wait_for()
-    assert has_value(page, "Name", "e2e-cancel") and has_value(page, "Epochs", "30")
+    assert has_value(page, "Name", "e2e-cancel") and has_value(page, "Epochs", "200", nth=1)
     report(explorer["timings"], capsys)

@@ -346,6 +346,24 @@ def test_importing_tlkit_under_jax_adds_the_measured_xla_cpu_flag_and_respects_t
 
 
 @pytest.mark.backend_independent  # sets KERAS_BACKEND itself
+def test_under_tensorflow_tlkit_runs_onednn_kernels_unless_the_user_chose():
+    script = ("import json, os, tlkit; from tlkit import environment; "
+              "print(json.dumps([os.environ.get('TF_ENABLE_ONEDNN_OPTS'), "
+              "environment.device_info().get('tensorflow_onednn')]))")
+
+    def onednn(**env) -> list:
+        env = {key: value for key, value in {**os.environ, "TF_ENABLE_ONEDNN_OPTS": None, **env}.items()
+               if value is not None}
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                timeout=120, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert onednn(KERAS_BACKEND="tensorflow") == ["1", True]  # whatever the CPU (TensorFlow's own default varies)
+    assert onednn(KERAS_BACKEND="tensorflow", TF_ENABLE_ONEDNN_OPTS="0") == ["0", False]  # the user's choice wins
+    assert onednn(KERAS_BACKEND="torch") == [None, None]
+
+
+@pytest.mark.backend_independent  # sets KERAS_BACKEND itself
 def test_under_jax_the_next_process_reads_compiled_programs_back_from_the_cache_dir(tmp_path):
     pytest.importorskip("jax")
     script = ("import json, os; import tlkit; import jax, jax.numpy as jnp; events = []; "

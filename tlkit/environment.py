@@ -120,6 +120,26 @@ def tune_xla_cpu(environ=os.environ) -> str | None:
     return flag
 
 
+# ---- TensorFlow's oneDNN kernels -----------------------------------------------------------
+
+# TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX
+# (TensorFlow RFC 400); elsewhere it runs Eigen's, whose convolution gradients are pathological on the
+# small maps of fine-tuning: on a 2-core AVX2 CPU a 3x3 convolution's gradient (batch 64, 512 channels,
+# 3x3 maps) took 266 ms with Eigen and 88 ms with oneDNN, a conv5-shaped training step 4.1 s vs 1.3 s, and
+# the fine-tuning stage of the regression check 245 s vs 34 s (docs/performance.md, section
+# onednn). On the AVX-512 CPUs where TensorFlow enables them itself, this changes nothing.
+
+
+def use_onednn(environ=os.environ) -> bool:
+    """Sets `TF_ENABLE_ONEDNN_OPTS=1` when Keras will run on TensorFlow and the user has not set it;
+    returns whether it set it. Takes effect if called before TensorFlow is imported (importing tlkit
+    does it); `TF_ENABLE_ONEDNN_OPTS=0` keeps Eigen's kernels."""
+    if keras_backend_name(environ) != "tensorflow" or "TF_ENABLE_ONEDNN_OPTS" in environ:
+        return False
+    environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return True
+
+
 # ---- jax's compiled programs, kept on disk --------------------------------------------------
 
 # A jax run compiles hundreds of small programs (initialisers, optimizer and metric updates, each new batch
@@ -207,6 +227,12 @@ def device_info() -> dict:
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     if os.environ.get("XLA_FLAGS"):
         info["xla_flags"] = os.environ["XLA_FLAGS"]
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        from tensorflow.python.util import _pywrap_util_port  # the kernels in use, whoever chose them
+
+        info["tensorflow_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
     return info
 
 

@@ -123,11 +123,11 @@ def tune_xla_cpu(environ=os.environ) -> str | None:
 # ---- TensorFlow's oneDNN kernels -----------------------------------------------------------
 
 # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX
-# (TensorFlow RFC 400); elsewhere it runs Eigen's, whose convolution gradients are pathological on the
-# small maps of fine-tuning: on a 2-core AVX2 CPU a 3x3 convolution's gradient (batch 64, 512 channels,
-# 3x3 maps) took 266 ms with Eigen and 88 ms with oneDNN, a conv5-shaped training step 4.1 s vs 1.3 s, and
-# the fine-tuning stage of the regression check 245 s vs 34 s (docs/performance.md, section
-# onednn). On the AVX-512 CPUs where TensorFlow enables them itself, this changes nothing.
+# (TensorFlow RFC 400); elsewhere it runs Eigen's, whose convolution gradients are slow on the small maps
+# of fine-tuning. On a 2-core AVX2 CPU: a 3x3 convolution's forward and backward pass (batch 64, 512
+# channels, 3x3 maps) took 266 ms with Eigen and 88 ms with oneDNN, and the fine-tuning stage of the
+# regression check (tests/test_regression.py) 245 s vs 34 s; docs/performance.md compares whole stages
+# (`tensorflow` vs `tensorflow+TF_ENABLE_ONEDNN_OPTS=0`). Where TensorFlow enables them itself, nothing changes.
 
 
 def use_onednn(environ=os.environ) -> bool:

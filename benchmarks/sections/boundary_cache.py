@@ -66,7 +66,9 @@ def render(reports: list[dict], settings: dict, cores: int) -> str:
         "`boundary_cache.seconds`). With the boundary cache on, the frozen prefix runs once for both stages: the "
         "head stage computes the boundary activations and derives its features from them, so the finetune "
         "stage's build is only a lookup and the prefix cost shows up in the head stage. The fair whole figure "
-        "is therefore *both stages*: head fit + feature extraction + finetune fit + build, off vs on."
+        "is therefore *both stages*: head fit + feature extraction + finetune fit + build, off vs on. "
+        "*tensorflow+TF_ENABLE_ONEDNN_OPTS=0* runs TensorFlow's Eigen kernels, TensorFlow's own default on CPUs "
+        "without AVX-512 VNNI/BF16 or AMX; tlkit turns its oneDNN kernels on (`tlkit.environment.use_onednn`)."
     ]
     for backend, group in by_backend(reports).items():
         off, on = find(group, "tlkit_train", "off"), find(group, "tlkit_train", "on")

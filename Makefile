@@ -46,9 +46,8 @@ lint: setup
 test test-core test-sweeps test-explorer: export TLKIT_CACHE_DIR := $(CURDIR)/.tlkit-cache/tests
 
 # Two pytest workers: compiling and process start-up are mostly single-threaded (jax pass 566 -> 432 s).
-# The slowest tests are collected first (tests/conftest.py) and handed out one by one (--dist load).
 # Tests marked backend_independent run in the first backend's pass only.
-PYTEST_CORE := -m pytest -q -n 2 --dist load --ignore=tests/explorer --ignore=tests/sweeps
+PYTEST_CORE := -m pytest -q -n 2 --dist worksteal --ignore=tests/explorer --ignore=tests/sweeps
 
 test-core: setup
 	marks=""; for backend in $(BACKENDS); do \

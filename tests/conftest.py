@@ -36,16 +36,6 @@ def write_synthetic_dataset(directory: Path, n_train: int = 300, n_test: int = 1
     return directory
 
 
-def pytest_collection_modifyitems(items):
-    """Slowest first (`pytest.mark.slow`): with `-n 2 --dist load` the two workers share the long tests
-    out from the start instead of one worker ending the pass alone with a long test it met last."""
-    def seconds(item) -> float:
-        marker = item.get_closest_marker("slow")
-        return marker.args[0] if marker and marker.args else 0
-
-    items.sort(key=seconds, reverse=True)  # stable: the others keep their order
-
-
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("fashion"))

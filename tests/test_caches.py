@@ -21,7 +21,6 @@ def predictions(run):
     return run.load_model().predict(splits.test.images, verbose=0)
 
 
-@pytest.mark.slow(25)
 def test_feature_cache_gives_the_same_model_and_is_reused(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
                           model={"dropout": 0.0}, head={"epochs": 3, "learning_rate": 3e-2}, finetune={"epochs": 0})
@@ -37,7 +36,6 @@ def test_feature_cache_gives_the_same_model_and_is_reused(synthetic_data_dir, tm
     assert cached.metrics()["test_accuracy"] == full.metrics()["test_accuracy"]
 
 
-@pytest.mark.slow(87)
 def test_caches_are_off_with_augmentation_beyond_a_flip(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"),
                           augment={"flip": True, "rotation": 0.05})
@@ -46,7 +44,6 @@ def test_caches_are_off_with_augmentation_beyond_a_flip(synthetic_data_dir, tmp_
     assert metrics["boundary_cache"]["reason"] == "augmentation beyond a flip is on"
 
 
-@pytest.mark.slow(31)
 def test_a_random_flip_keeps_both_caches_which_then_hold_the_mirror_images_too(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), augment={"flip": True},
                           head={"epochs": 2}, finetune={"epochs": 1, "unfreeze": "conv4"})
@@ -84,7 +81,6 @@ def test_corrupt_cache_file_is_recomputed(synthetic_data_dir, tmp_path):
     assert not run.metrics()["feature_cache"]["head"]["train"]["hit"]
 
 
-@pytest.mark.slow(32)
 @pytest.mark.parametrize("unfreeze, boundary_tensors", [("conv4", 1), ("6", 2)])
 def test_boundary_cache_trains_the_same_model(synthetic_data_dir, tmp_path, unfreeze, boundary_tensors):
     config = smoke_config(synthetic_data_dir, tmp_path, feature_cache=False, model={"dropout": 0.0},
@@ -111,7 +107,6 @@ def test_boundary_cache_over_budget_falls_back_with_a_reason(synthetic_data_dir,
     assert "--cache-memory-gb" in record["reason"]
 
 
-@pytest.mark.slow(32)
 def test_both_stages_share_one_prefix_pass_and_later_runs_reuse_it(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, cache_dir=str(tmp_path / "cache"), model={"dropout": 0.0},
                           head={"epochs": 2, "learning_rate": 3e-2},
@@ -160,7 +155,6 @@ def test_finite_check_of_a_cache_never_allocates_a_mask_over_the_whole_array():
     assert not all_finite(activations)
 
 
-@pytest.mark.slow(23)
 def test_a_head_stage_cancelled_mid_way_resumes_to_the_uninterrupted_model(synthetic_data_dir, tmp_path,
                                                                               monkeypatch):
     import tlkit.training as training

@@ -34,7 +34,6 @@ FASHION = {"num_classes": 10, "input_shape": (28, 28, 1)}
 RESUME_TOLERANCE = 1e-6  # measured: 0 on tensorflow, jax and torch
 
 
-@pytest.mark.slow(22)
 def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     runs_dir = tmp_path / "runs"
     # A team's umask (027): every file of the run gets the same mode from it, model.keras included.
@@ -172,7 +171,6 @@ print("ACCURACY", float(np.mean(predicted == splits.test.labels)))
 """
 
 
-@pytest.mark.slow(51)
 def test_one_trainer_sigterm_keeps_every_finished_epoch_and_the_model_reloads_anywhere(synthetic_data_dir, tmp_path):
     # With augmentation the full model is compiled, so model.keras names tlkit's LR schedule.
     runs_dir = tmp_path / "runs"
@@ -237,7 +235,6 @@ def test_auto_precision_resolves_per_device(monkeypatch):
     assert environment.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
 
 
-@pytest.mark.slow(25)
 def test_mixed_precision_run_keeps_float32_probabilities(synthetic_data_dir, tmp_path):
     config = smoke_config(synthetic_data_dir, tmp_path, precision="mixed_bfloat16", head={"epochs": 1},
                           finetune={"epochs": 1})
@@ -348,7 +345,6 @@ def test_importing_tlkit_under_jax_adds_the_measured_xla_cpu_flag_and_respects_t
     assert flags("tensorflow") == "" and flags("torch") == ""
 
 
-@pytest.mark.slow(32)
 @pytest.mark.backend_independent  # sets KERAS_BACKEND itself
 def test_under_tensorflow_tlkit_runs_onednn_kernels_unless_the_user_chose():
     script = ("import json, os, tlkit; from tlkit import environment; "

@@ -128,7 +128,6 @@ def test_two_devices_replicate_every_variable_and_shard_each_batch():
     assert report["batch_axes"] == [["batch", 2]]
 
 
-@pytest.mark.slow(69)
 @JAX_ONLY
 def test_a_four_device_run_matches_the_one_device_run_and_counts_every_test_image_once(
         tmp_path, synthetic_data_dir):
@@ -169,7 +168,6 @@ def test_a_four_device_run_matches_the_one_device_run_and_counts_every_test_imag
     assert four["test_accuracy"] == one["test_accuracy"]
 
 
-@pytest.mark.slow(47)
 @JAX_ONLY
 def test_two_hosts_train_one_model_through_the_cli(tmp_path, synthetic_data_dir):
     """Two trainer processes joined by keras.distribution.initialize (one CPU device each, a real

@@ -46,7 +46,6 @@ def leftovers(run) -> list[str]:
 @pytest.mark.skipif(keras.backend.backend() != "torch",
                     reason="kill/resume at every commit is checked under torch (Keras seed generators and "
                            "torch's own generator)")
-@pytest.mark.slow(135)
 def test_kills_at_every_commit_resume_to_the_uninterrupted_model(synthetic_data_dir, tmp_path):
     args = trainer_args(tmp_path / "runs", synthetic_data_dir, "--finetune-epochs", FINETUNE_EPOCHS)
 
@@ -120,7 +119,6 @@ def fill(directory) -> None:
 
 # Run files, epoch checkpoints (.npz) and their error paths are backend-independent Python; model.keras
 # goes through Keras' own zip writer on every backend. One backend keeps CI inside its time budget.
-@pytest.mark.slow(32)
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the full-disk path is backend-independent: checked in the tensorflow pass")
 def test_a_full_disk_mid_run_says_so_leaves_no_temp_files_and_resumes(synthetic_data_dir, tmp_path):

@@ -30,7 +30,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.slow(59)
 def test_dry_run_installs_unpacks_trains_cuts_and_reports(tmp_path):
     out = tmp_path / "out"
     command = ["bash", "benchmarks/gpu_run.sh", "--dry-run", "--work", str(tmp_path / "work"), "--out", str(out),

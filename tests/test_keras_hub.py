@@ -38,7 +38,6 @@ def test_local_preset_loads_with_its_weights_and_normalisation(tiny_preset):
     assert list_blocks(f"keras_hub:{tiny_preset}") == ["conv1", "stack0", "stack0_block0", "stack1", "stack1_block0"]
 
 
-@pytest.mark.slow(27)
 def test_training_run_with_a_keras_hub_backbone(tiny_preset, synthetic_data_dir, tmp_path):
     config = tlkit.Config.from_preset("smoke", {
         "data": {"data_dir": str(synthetic_data_dir), "train_limit": None, "test_limit": None},

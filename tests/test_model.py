@@ -292,7 +292,6 @@ def test_small_maps_convolved_as_a_matmul_give_the_same_outputs_and_training_ste
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow(32)
 def test_small_maps_are_convolved_as_a_matmul_only_under_jax_and_again_after_a_reload(tmp_path):
     model = small_map_model()
     changed = convolve_small_maps_as_matmul(model)

@@ -81,7 +81,6 @@ def test_export_reloads_with_its_own_runtime_and_matches_the_model(trained_run, 
     assert report["format"] == fmt and not report["rebuilt_float32"]
 
 
-@pytest.mark.slow(32)
 def test_mixed_precision_runs_are_exported_in_float32(synthetic_data_dir, tmp_path):
     run = tlkit.fit(smoke_config(synthetic_data_dir, tmp_path, precision="mixed_bfloat16", head={"epochs": 1},
                                  finetune={"epochs": 0}), verbose=0)
@@ -124,7 +123,6 @@ def write_colour_folder(root, per_class=14, seed=0):
     return sorted(colours)
 
 
-@pytest.mark.slow(23)
 def test_your_own_images_folder_to_model_to_predictions(tmp_path):
     names = write_colour_folder(tmp_path / "photos")
     runs_dir = tmp_path / "runs"

@@ -47,7 +47,6 @@ def short_real_run(data_dir, weights, tmp_path):
     return tlkit.fit(config, verbose=0)
 
 
-@pytest.mark.slow(90)
 def test_imagenet_weights_beat_random_weights_on_real_data(real_data_dir, real_weights, tmp_path):
     pretrained = short_real_run(real_data_dir, real_weights, tmp_path)
     random_init = short_real_run(real_data_dir, "none", tmp_path)

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.real_data
 THRESHOLD = 0.74
 
 
-@pytest.mark.slow(75)
 def test_reduced_cpu_recipe_keeps_its_accuracy(real_data_dir, real_weights, tmp_path):
     run = fit(regression_config(real_data_dir, real_weights, tmp_path / "runs", tmp_path / "cache"), verbose=0)
     metrics = run.metrics()

@@ -47,7 +47,6 @@ MLFLOW_ONCE = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                  reason="MLflow logging is backend-independent: checked in the tensorflow pass")
 
 
-@pytest.mark.slow(33)
 @MLFLOW_ONCE
 def test_mlflow_uri_logs_the_run_live_and_a_later_export_adds_nothing(synthetic_data_dir, tmp_path):
     """`--mlflow-uri` through the CLI, as a user runs it, read back from the real SQLite store."""

@@ -230,9 +230,10 @@ def device_info() -> dict:
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        from tensorflow.python.util import _pywrap_util_port  # the kernels in use, whoever chose them
+        with contextlib.suppress(ImportError, AttributeError):  # TensorFlow's private module: absent, say nothing
+            from tensorflow.python.util import _pywrap_util_port  # the kernels in use, whoever chose them
 
-        info["tensorflow_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
+            info["tensorflow_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
     return info
 
 

@@ -61,8 +61,40 @@ def tlkit_train(params: dict, emit) -> dict:
         "val_accuracy": last_val, "feature_cache": metrics.get("feature_cache"),
         "boundary_cache": metrics.get("boundary_cache"), "data_sizes": metrics.get("data_sizes"),
         "precision": metrics.get("precision"), "stages": metrics.get("stages"), "memory": record["train"],
-        "run_dir": str(run.path),
+        "run_dir": str(run.path), "finetune_convolution_gflop": finetune_convolution_gflop(config),
     }
+
+
+def finetune_convolution_gflop(config) -> dict | None:
+    """Convolution arithmetic of one image in the finetune stage, in GFLOP (2 per multiply-add).
+
+    `frozen`: the frozen prefix's forward pass (what the boundary cache saves); `unfrozen_forward`: the rest's
+    forward pass (validation); `unfrozen_train`: its forward and backward pass (the kernel gradient, plus the
+    input gradient of each unfrozen convolution that reads an unfrozen layer). Only convolutions count: they are
+    almost all of ResNet50's arithmetic. None without a finetune stage.
+    """
+    import keras
+
+    from tlkit.backbones import build_backbone, select_layers
+
+    if not config.finetune.unfreeze or not config.finetune.epochs:
+        return None
+    model = build_backbone(config.model.backbone, "none", config.model.image_size).model
+    unfrozen = {id(layer) for layer in select_layers(model, config.finetune.unfreeze)}
+    work = {"frozen": 0.0, "unfrozen_forward": 0.0, "unfrozen_train": 0.0}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.Conv2D):
+            continue
+        height, width, filters = layer.output.shape[1:]
+        channels = layer.input.shape[-1] // layer.groups
+        forward = 2 * height * width * filters * channels * layer.kernel_size[0] * layer.kernel_size[1] / 1e9
+        if id(layer) not in unfrozen:
+            work["frozen"] += forward
+            continue
+        reads_unfrozen = id(layer.input._keras_history.operation) in unfrozen
+        work["unfrozen_forward"] += forward
+        work["unfrozen_train"] += forward * (3 if reads_unfrozen else 2)
+    return work
 
 
 # ---- figures and table (parent side) ----------------------------------------------------------------

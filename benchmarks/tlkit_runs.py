@@ -82,7 +82,7 @@ def finetune_convolution_gflop(config) -> dict | None:
     model = build_backbone(config.model.backbone, "none", config.model.image_size).model
     unfrozen = {id(layer) for layer in select_layers(model, config.finetune.unfreeze)}
     work = {"frozen": 0.0, "unfrozen_forward": 0.0, "unfrozen_train": 0.0}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in model.layers:  # the layers select_layers picks from
         if not isinstance(layer, keras.layers.Conv2D):
             continue
         height, width, filters = layer.output.shape[1:]

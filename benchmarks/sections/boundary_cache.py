@@ -126,11 +126,11 @@ def summarise(reports: list[dict], settings: dict) -> list[SummaryRow]:
     off, on = find(reports, "tlkit_train", "off"), find(reports, "tlkit_train", "on")
     if not (ok(off) and ok(on)):
         return []
+    bound = arithmetic_bound(on)
     return [SummaryRow("Finetune stage (fit + cache build), boundary cache off / on (fit alone)",
                        f"{times(ratio(stage_cost(off, 'finetune'), stage_cost(on, 'finetune')))} "
                        f"({times(ratio(stage_seconds(off, 'finetune'), stage_seconds(on, 'finetune')))})",
-                       "≥ 2× at equal accuracy" + (f" (arithmetic bound {times(arithmetic_bound(on))})"
-                                                   if arithmetic_bound(on) else ""), [off, on]),
+                       "≥ 2× at equal accuracy" + (f" (arithmetic bound {times(bound)})" if bound else ""), [off, on]),
             SummaryRow("Both stages incl. all extraction, boundary cache off / on",
                        times(ratio(training_cost(off), training_cost(on))), "", [off, on])]
 

@@ -28,7 +28,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(BIN)/python -m tlkit.train --preset cpu $(DATA_FLAG) \
-		--weights $(WEIGHTS) --train-limit 6000 --test-limit 2000 --head-epochs 5 --finetune-epochs 1 \
+		--weights $(WEIGHTS) --train-limit 4000 --test-limit 1000 --head-epochs 5 --finetune-epochs 1 \
 		--name demo
 
 explorer: setup

@@ -61,6 +61,8 @@ def test_cli_run_writes_the_whole_run_directory(synthetic_data_dir, tmp_path):
     matrix = np.array(metrics["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 100
     assert metrics["backend"] == keras.backend.backend()
+    if sys.platform == "linux":  # the CPU model comes from /proc/cpuinfo
+        assert metrics["device"]["cpu"]["model"], metrics["device"]
     assert {"head", "finetune", "total"} <= set(metrics["seconds"])
     assert metrics["test_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     wrong = run.misclassified()

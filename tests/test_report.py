@@ -70,6 +70,9 @@ def test_hardware_and_versions_come_from_the_metrics():
     assert report.describe_hardware({"cpu_count": 2, "processor": "x86_64", "devices": ["CPU:0", "GPU:0"]}) == (
         "2-core x86_64 CPU + GPU:0")
     assert report.describe_hardware({"cpu_count": 4}) == "4-core CPU"
+    described = {"model": "AMD EPYC", "family": "25", "model_number": "1", "vector": "AVX2"}
+    assert report.describe_hardware({"cpu_count": 2, "processor": "x86_64", "cpu": described}) == (
+        "2-core AMD EPYC CPU (family 25, model 1, AVX2)")
     assert report.describe_hardware(None) == "CPU"
     versions = {"python": "3.11.7", "keras": "3.15.1", "tensorflow": "2.21.0", "jax": "0.7.0"}
     assert report.describe_versions({"backend": "jax", "versions": versions}) == (

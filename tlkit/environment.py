@@ -61,6 +61,21 @@ def cpu_info() -> dict:
     return info
 
 
+# The widest vector instructions a CPU offers, widest first: what its kernels' speed hinges on.
+VECTOR_EXTENSIONS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 with bf16"), ("avx512f", "AVX-512"),
+                     ("avx2", "AVX2"), ("asimd", "NEON"))
+
+
+def cpu_description() -> dict:
+    """The CPU as metrics.json records it: model name, family/model numbers and widest vector unit."""
+    info = cpu_info()
+    flags = set(info["flags"])
+    vector = next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), None)
+    described = {"model": info["model"], "family": info.get("family"), "model_number": info.get("model_number"),
+                 "vector": vector}
+    return {key: value for key, value in described.items() if value}
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX-BF16; Linux only)."""
     return bool(set(cpu_info()["flags"]) & set(BF16_CPU_FLAGS))
@@ -224,7 +239,8 @@ def list_devices() -> list[str]:
 def device_info() -> dict:
     """What metrics.json records about the hardware."""
     info = {"devices": list_devices(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu": cpu_description()}
     if os.environ.get("XLA_FLAGS"):
         info["xla_flags"] = os.environ["XLA_FLAGS"]
     import keras

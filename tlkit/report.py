@@ -134,10 +134,20 @@ def unfrozen_depth(config: dict) -> str:
 
 
 def describe_hardware(device: dict | None) -> str:
-    """`2-core x86_64 CPU` (+ accelerators) from metrics.json's `device`."""
+    """`2-core AMD EPYC CPU (family 25, model 1, AVX2)` (+ accelerators) from metrics.json's `device`.
+
+    Runs recorded before metrics.json named the CPU model say `2-core x86_64 CPU`.
+    """
     device = device or {}
     cores = device.get("cpu_count")
-    cpu = f"{cores}-core {device.get('processor') or ''} CPU".replace("  ", " ") if cores else "CPU"
+    described = device.get("cpu") or {}
+    name = described.get("model") or device.get("processor") or ""
+    cpu = f"{cores}-core {name} CPU".replace("  ", " ") if cores else "CPU"
+    details = [f"family {described['family']}" if described.get("family") else "",
+               f"model {described['model_number']}" if described.get("model_number") else "",
+               described.get("vector", "")]
+    if any(details):
+        cpu += f" ({', '.join(detail for detail in details if detail)})"
     accelerators = [str(d) for d in device.get("devices", []) if not str(d).lower().startswith("cpu")]
     return " + ".join([cpu, *accelerators])
 

@@ -240,15 +240,19 @@ def render_machine(current: dict[str, list[Measurement]]) -> str:
             partial = len(indices) > 1
             provides.setdefault(index, []).append(f"{name} ({', '.join(backends)})" if partial else name)
     order = sorted(runs, key=lambda index: (runs[index]["info"]["date"], index))
+    # One machine per hardware and software; the host kernel's build string varies between days and does not
+    # split a machine, its values are listed together.
     machines: dict[tuple, list[int]] = {}
     for index in reversed(order):  # the latest run's machine first
-        machines.setdefault(machine_rows(runs[index]["info"]), []).append(index)
+        rows = tuple(row for row in machine_rows(runs[index]["info"]) if row[0] != "OS")
+        machines.setdefault(rows, []).append(index)
     parts = []
     for rows, indices in machines.items():
         if len(machines) > 1:
             label = cpu_label(runs[indices[0]]["info"])
             parts.append(f"**{label}**: runs of {', '.join(runs[index]['info']['date'] for index in sorted(indices))}:")
-        parts.append(table(("", ""), rows))
+        systems = dict.fromkeys(runs[index]["info"]["platform"] for index in indices)
+        parts.append(table(("", ""), (*rows[:-1], ("OS", ", ".join(systems)), rows[-1])))
     run_rows = [(runs[index]["info"]["date"], f"`{runs[index]['info']['command']}`", runs[index]["mode"],
                  ", ".join(provides[index]), runs[index]["info"]["code"],
                  f"{(runs[index]['total_seconds'] or 0) / 60:.1f}",

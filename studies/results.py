@@ -272,16 +272,23 @@ def results_table(final: Sequence[FinalEntry], hardware: str | None = None) -> s
             epochs_text(config, entry.run.history(), metrics), metrics.get("backend", "—"),
             metrics.get("precision", "—"),
             percent(metrics["test_accuracy"]), f"{metrics['macro_f1']:.3f}",
-            minutes((metrics.get("seconds") or {}).get("total")),
-            entry.hardware or hardware or describe_hardware(metrics.get("device")),
+            minutes((metrics.get("seconds") or {}).get("total")), row_hardware(entry, hardware),
         ])
     note = ("Wall time is the training process's own clock (`seconds.total` in metrics.json: data loading, "
             "both stages and the test evaluation).")
     return markdown_table(headers, rows, align="lrllllrrrl") + "\n\n" + note
 
 
-def spread_line(final: Sequence[FinalEntry], recipe: str = "cpu") -> str:
-    """One line: how much `recipe`'s test accuracy and macro-F1 move across backends.
+def row_hardware(entry: FinalEntry, hardware: str | None = None) -> str:
+    """A final run's hardware: its own `hardware`, else the spec's default, else its metrics.json's."""
+    return entry.hardware or hardware or describe_hardware(entry.run.metrics().get("device"))
+
+
+def spread_line(final: Sequence[FinalEntry], recipe: str = "cpu", hardware: str | None = None) -> str:
+    """How much `recipe`'s test accuracy and macro-F1 move across backends: one sentence per hardware.
+
+    Runs on different hardware differ in more than the backend (precision, kernels), so each
+    hardware's runs get their own sentence, naming it when there are several.
 
     Raises:
         ReportError: no final run of `recipe`.
@@ -289,14 +296,25 @@ def spread_line(final: Sequence[FinalEntry], recipe: str = "cpu") -> str:
     entries = [entry for entry in final if entry.recipe == recipe]
     if not entries:
         raise ReportError(f"{{{{spread}}}}: no [[final]] run has recipe {recipe!r}")
-    metrics = [entry.run.metrics() for entry in entries]
-    accuracies = [m["test_accuracy"] for m in metrics]
-    f1s = [m["macro_f1"] for m in metrics]
-    backends = ", ".join(m.get("backend", "?") for m in metrics)
-    spread = 100 * (max(accuracies) - min(accuracies))
-    return (f"The {recipe} recipe over {len(entries)} run(s) ({backends}): test accuracy "
-            f"{percent(min(accuracies))}–{percent(max(accuracies))} % (spread {spread:.2f} points), "
-            f"macro-F1 {min(f1s):.3f}–{max(f1s):.3f} (spread {max(f1s) - min(f1s):.3f}).")
+    groups: dict[str, list[FinalEntry]] = {}
+    for entry in entries:
+        groups.setdefault(row_hardware(entry, hardware), []).append(entry)
+    sentences = []
+    for where, group in groups.items():
+        metrics = [entry.run.metrics() for entry in group]
+        accuracies = [m["test_accuracy"] for m in metrics]
+        f1s = [m["macro_f1"] for m in metrics]
+        backends = ", ".join(m.get("backend", "?") for m in metrics)
+        spread = 100 * (max(accuracies) - min(accuracies))
+        on = f" on the {where}" if len(groups) > 1 else ""
+        if len(group) == 1:
+            sentences.append(f"The {recipe} recipe's one run ({backends}){on}: test accuracy "
+                             f"{percent(accuracies[0])} %, macro-F1 {f1s[0]:.3f}.")
+            continue
+        sentences.append(f"The {recipe} recipe over {len(group)} run(s) ({backends}){on}: test accuracy "
+                         f"{percent(min(accuracies))}–{percent(max(accuracies))} % (spread {spread:.2f} points), "
+                         f"macro-F1 {min(f1s):.3f}–{max(f1s):.3f} (spread {max(f1s) - min(f1s):.3f}).")
+    return " ".join(sentences)
 
 
 def hard_pairs_tables(final: Sequence[FinalEntry], best: Run, classes: Sequence[str] = CONFUSABLE_CLASSES,
@@ -503,7 +521,7 @@ def _placeholder_value(name: str, spec: ReportSpec, images: dict[Path, bytes], c
     if name == "results_table":
         return results_table(spec.final, spec.hardware)
     if name == "spread":
-        return spread_line(spec.final, spec.spread_recipe)
+        return spread_line(spec.final, spec.spread_recipe, spec.hardware)
     if name == "hard_pairs":
         compare = [entry for entry in spec.ablation if entry.group in spec.hard_pairs_groups]
         return hard_pairs_tables(spec.final, spec.best_cpu, compare=compare)

@@ -1,16 +1,17 @@
 """Real Fashion-MNIST and real ImageNet weights (from ../shared; CI fails instead of skipping).
 
 The accuracy check is a short head-only run (2,000 training images, 32 px, 3 epochs, cached
-features) with the ImageNet weights against the same run with random weights. Calibration on this
-2-core machine with Keras' array feeding: correct preprocessing 0.764 (jax), 0.792 (tensorflow),
-0.767 (torch); random weights 0.44-0.53; ImageNet weights with pixels/255 0.527 and with
-torchvision mean/std normalisation 0.721 (torch). Again after the switch to `ArrayBatches` (a new
-batch order): correct 0.757 (tensorflow), 0.768 (jax), 0.769 (torch); random 0.608, 0.557, 0.593.
-The floor of 0.745 passes correct preprocessing and rejects both wrong ones; the margin over
-random weights (0.10) shows the weights load and help, with room for the batch-order noise of the
-random baseline.
+features) with the ImageNet weights, held to a floor; a control run with random weights shows the
+floor tells the two apart. Calibration on this 2-core machine with Keras' array feeding: correct
+preprocessing 0.764 (jax), 0.792 (tensorflow), 0.767 (torch); random weights 0.44-0.53; ImageNet
+weights with pixels/255 0.527 and with torchvision mean/std normalisation 0.721 (torch). Again
+after the switch to `ArrayBatches` (a new batch order): correct 0.757 (tensorflow), 0.768 (jax),
+0.769 (torch); random 0.608, 0.557, 0.593. The floor of 0.745 passes correct preprocessing and
+rejects both wrong ones; random weights must stay 0.10 below it, room for the batch-order noise of
+the random baseline.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -47,12 +48,23 @@ def short_real_run(data_dir, weights, tmp_path):
     return tlkit.fit(config, verbose=0)
 
 
-def test_imagenet_weights_beat_random_weights_on_real_data(real_data_dir, real_weights, tmp_path):
+ACCURACY_FLOOR = 0.745
+RANDOM_WEIGHTS_MARGIN = 0.10
+
+
+def test_imagenet_weights_reach_the_calibrated_accuracy_on_real_data(real_data_dir, real_weights, tmp_path):
     pretrained = short_real_run(real_data_dir, real_weights, tmp_path)
-    random_init = short_real_run(real_data_dir, "none", tmp_path)
     accuracy = pretrained.metrics()["test_accuracy"]
-    baseline = random_init.metrics()["test_accuracy"]
-    print(f"ImageNet weights: {accuracy:.4f}, random weights: {baseline:.4f}")
+    print(f"ImageNet weights: {accuracy:.4f}")
     assert pretrained.metrics()["feature_cache"]["used"]
-    assert accuracy >= 0.745, accuracy
-    assert accuracy >= baseline + 0.10, (accuracy, baseline)
+    assert accuracy >= ACCURACY_FLOOR, accuracy
+
+
+# The control checks the floor, not a backend: random weights scored 0.56-0.61 on all three.
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the random-weights control of the accuracy floor runs in the tensorflow pass")
+def test_random_weights_stay_well_below_the_accuracy_floor(real_data_dir, tmp_path):
+    random_init = short_real_run(real_data_dir, "none", tmp_path)
+    baseline = random_init.metrics()["test_accuracy"]
+    print(f"random weights: {baseline:.4f}")
+    assert baseline <= ACCURACY_FLOOR - RANDOM_WEIGHTS_MARGIN, baseline

@@ -97,7 +97,17 @@ def test_cli_generates_the_report_from_run_directories(trained, tmp_path):
         row = f"| {recipe} | 32 | {depth} | {epochs} | {metrics['backend']} | float32 | {accuracy} | {f1} |"
         assert row in markdown
     assert "| a toaster |" in markdown and "-core" in markdown  # explicit and derived hardware
-    assert "The smoke recipe over 2 run(s)" in markdown
+    assert "The smoke recipe over 2 run(s) (" in markdown and " on the " not in markdown  # one hardware
+
+    # Runs on different hardware are summarised apart, each naming its hardware.
+    finals = [{"recipe": "smoke", "run": trained["base"].path, "hardware": "CPU A"},
+              {"recipe": "smoke", "run": trained["no_dropout"].path, "hardware": "CPU B"}]
+    (tmp_path / "by-hardware").mkdir()
+    spec = results.load_spec(write_spec(tmp_path / "by-hardware", trained, finals=finals))
+    line = results.spread_line(spec.final, spec.spread_recipe, spec.hardware)
+    accuracy = f"{100 * trained['base'].metrics()['test_accuracy']:.2f} %"
+    assert f"The smoke recipe's one run ({trained['base'].metrics()['backend']}) on the CPU A: test accuracy " \
+           f"{accuracy}, macro-F1" in line and ") on the CPU B:" in line
 
     assert "| dropout 0.0 | model.dropout 0.2 → 0.0 |" in markdown
     assert "| head only | finetune.epochs 1 → 0 |" in markdown

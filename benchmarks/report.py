@@ -55,9 +55,8 @@ def cpu_label(info: dict) -> str:
     """A short name for the CPU a run measured on, by what decides float32/bfloat16 speed: the widest SIMD
     it has. Our 2-core machines have come as AMD EPYC family 25 model 17 (AVX-512 with bf16) and model 1
     (AVX2 only), which trains a ResNet50 about 3x slower, so a figure means little without it."""
-    cpu, flags = info["cpu"], set(info["cpu"]["flags"])
-    widest = ("AMX" if "amx_tile" in flags else "AVX-512 + bf16" if "avx512_bf16" in flags
-              else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    cpu = info["cpu"]
+    widest = environment.widest_vector_unit(cpu["flags"]) or "no AVX2"
     return f"{widest} (model {cpu.get('model_number')})"
 
 

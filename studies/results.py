@@ -305,12 +305,12 @@ def spread_line(final: Sequence[FinalEntry], recipe: str = "cpu", hardware: str 
         accuracies = [m["test_accuracy"] for m in metrics]
         f1s = [m["macro_f1"] for m in metrics]
         backends = ", ".join(m.get("backend", "?") for m in metrics)
-        spread = 100 * (max(accuracies) - min(accuracies))
         on = f" on the {where}" if len(groups) > 1 else ""
         if len(group) == 1:
             sentences.append(f"The {recipe} recipe's one run ({backends}){on}: test accuracy "
                              f"{percent(accuracies[0])} %, macro-F1 {f1s[0]:.3f}.")
             continue
+        spread = 100 * (max(accuracies) - min(accuracies))
         sentences.append(f"The {recipe} recipe over {len(group)} run(s) ({backends}){on}: test accuracy "
                          f"{percent(min(accuracies))}–{percent(max(accuracies))} % (spread {spread:.2f} points), "
                          f"macro-F1 {min(f1s):.3f}–{max(f1s):.3f} (spread {max(f1s) - min(f1s):.3f}).")

@@ -62,15 +62,20 @@ def cpu_info() -> dict:
 
 
 # The widest vector instructions a CPU offers, widest first: what its kernels' speed hinges on.
-VECTOR_EXTENSIONS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 with bf16"), ("avx512f", "AVX-512"),
+VECTOR_EXTENSIONS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 + bf16"), ("avx512f", "AVX-512"),
                      ("avx2", "AVX2"), ("asimd", "NEON"))
+
+
+def widest_vector_unit(flags) -> str | None:
+    """`AMX`, `AVX-512 + bf16`, `AVX-512`, `AVX2` or `NEON` from `/proc/cpuinfo` flags; None for none of them."""
+    flags = set(flags)
+    return next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), None)
 
 
 def cpu_description() -> dict:
     """The CPU as metrics.json records it: model name, family/model numbers and widest vector unit."""
     info = cpu_info()
-    flags = set(info["flags"])
-    vector = next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), None)
+    vector = widest_vector_unit(info["flags"])
     described = {"model": info["model"], "family": info.get("family"), "model_number": info.get("model_number"),
                  "vector": vector}
     return {key: value for key, value in described.items() if value}

@@ -366,6 +366,25 @@ def test_under_tensorflow_tlkit_runs_onednn_kernels_unless_the_user_chose():
 
 
 @pytest.mark.backend_independent  # sets KERAS_BACKEND itself
+def test_importing_tensorflow_before_tlkit_warns_when_it_leaves_onednn_off():
+    # TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it loads: `import keras` first is too late for tlkit.
+    script = ("import json, warnings; import keras\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always'); import tlkit\n"
+              "from tensorflow.python.util import _pywrap_util_port\n"
+              "print(json.dumps([_pywrap_util_port.IsMklEnabled(), [str(w.message) for w in caught]]))")
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    result = subprocess.run([sys.executable, "-c", script], env={**env, "KERAS_BACKEND": "tensorflow"},
+                            capture_output=True, text=True, timeout=120, check=True)
+    onednn, messages = json.loads(result.stdout.strip().splitlines()[-1])
+    late = [message for message in messages if "imported before tlkit" in message]
+    # Where TensorFlow turns oneDNN on by itself (AVX-512 VNNI/BF16, AMX) nothing is lost and nothing is said.
+    assert len(late) == (0 if onednn else 1), messages
+    if late:
+        assert "Import tlkit before keras" in late[0] and "TF_ENABLE_ONEDNN_OPTS=1" in late[0]
+
+
+@pytest.mark.backend_independent  # sets KERAS_BACKEND itself
 def test_under_jax_the_next_process_reads_compiled_programs_back_from_the_cache_dir(tmp_path):
     pytest.importorskip("jax")
     script = ("import json, os; import tlkit; import jax, jax.numpy as jnp; events = []; "

@@ -166,17 +166,23 @@ def warn_if_tensorflow_came_first(onednn_set_by_tlkit: bool) -> bool:
     on (`use_onednn` came too late: TensorFlow reads the setting once, when it loads) and runs Eigen's.
     `import keras` before `import tlkit` does that; on a 2-core AVX2 CPU the fine-tune stage then ran
     3.0x slower (136 vs 45 s per epoch of 5,400 images, conv5 on cached activations)."""
-    if not onednn_set_by_tlkit or "tensorflow" not in sys.modules:
-        return False
-    from tensorflow.python.util import _pywrap_util_port
-
-    if _pywrap_util_port.IsMklEnabled():
+    if not onednn_set_by_tlkit or "tensorflow" not in sys.modules or tensorflow_onednn_enabled() is not False:
         return False
     warnings.warn("TensorFlow was imported before tlkit, so it runs Eigen's CPU kernels instead of oneDNN's "
                   "(fine-tuning ran 3x slower with them on an AVX2 CPU). Import tlkit before keras or "
                   "tensorflow, or set TF_ENABLE_ONEDNN_OPTS=1 in the environment before starting Python.",
                   stacklevel=3)
     return True
+
+
+def tensorflow_onednn_enabled() -> bool | None:
+    """Whether the loaded TensorFlow runs its oneDNN kernels, whoever chose them; None where its private
+    module that says so is absent."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    return None
 
 
 # ---- jax's compiled programs, kept on disk --------------------------------------------------
@@ -269,11 +275,8 @@ def device_info() -> dict:
         info["xla_flags"] = os.environ["XLA_FLAGS"]
     import keras
 
-    if keras.backend.backend() == "tensorflow":
-        with contextlib.suppress(ImportError, AttributeError):  # TensorFlow's private module: absent, say nothing
-            from tensorflow.python.util import _pywrap_util_port  # the kernels in use, whoever chose them
-
-            info["tensorflow_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
+    if keras.backend.backend() == "tensorflow" and (onednn := tensorflow_onednn_enabled()) is not None:
+        info["tensorflow_onednn"] = onednn
     return info
 
 

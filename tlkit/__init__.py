@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tlkit import environment  # noqa: E402
 
 environment.tune_xla_cpu()  # before jax starts: XLA reads its flags once
-environment.warn_if_tensorflow_came_first(environment.use_onednn())  # before TensorFlow loads its kernels
+environment.use_onednn()  # before TensorFlow loads its kernels (it warns if too late)
 environment.tune_torch_allocator()  # before torch allocates its working set
 environment.keep_jax_compilations()  # before jax reads its configuration
 

@@ -154,24 +154,18 @@ def tune_xla_cpu(environ=os.environ) -> str | None:
 def use_onednn(environ=os.environ) -> bool:
     """Sets `TF_ENABLE_ONEDNN_OPTS=1` when Keras will run on TensorFlow and the user has not set it;
     returns whether it set it. Takes effect if called before TensorFlow is imported (importing tlkit
-    does it); `TF_ENABLE_ONEDNN_OPTS=0` keeps Eigen's kernels."""
+    does it); `TF_ENABLE_ONEDNN_OPTS=0` keeps Eigen's kernels. TensorFlow reads the setting once, when it
+    loads, so after `import keras` it comes too late: then it warns if Eigen's kernels are what runs (on a
+    2-core AVX2 CPU the fine-tune stage ran 3.0x slower with them: 136 vs 45 s per epoch of 5,400 images,
+    conv5 on cached activations)."""
     if keras_backend_name(environ) != "tensorflow" or "TF_ENABLE_ONEDNN_OPTS" in environ:
         return False
     environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
-    return True
-
-
-def warn_if_tensorflow_came_first(onednn_set_by_tlkit: bool) -> bool:
-    """Warns, and returns True, when TensorFlow was imported before tlkit could turn its oneDNN kernels
-    on (`use_onednn` came too late: TensorFlow reads the setting once, when it loads) and runs Eigen's.
-    `import keras` before `import tlkit` does that; on a 2-core AVX2 CPU the fine-tune stage then ran
-    3.0x slower (136 vs 45 s per epoch of 5,400 images, conv5 on cached activations)."""
-    if not onednn_set_by_tlkit or "tensorflow" not in sys.modules or tensorflow_onednn_enabled() is not False:
-        return False
-    warnings.warn("TensorFlow was imported before tlkit, so it runs Eigen's CPU kernels instead of oneDNN's "
-                  "(fine-tuning ran 3x slower with them on an AVX2 CPU). Import tlkit before keras or "
-                  "tensorflow, or set TF_ENABLE_ONEDNN_OPTS=1 in the environment before starting Python.",
-                  stacklevel=3)
+    if "tensorflow" in sys.modules and tensorflow_onednn_enabled() is False:
+        warnings.warn("TensorFlow was imported before tlkit, so it runs Eigen's CPU kernels instead of oneDNN's "
+                      "(fine-tuning ran 3x slower with them on an AVX2 CPU). Import tlkit before keras or "
+                      "tensorflow, or set TF_ENABLE_ONEDNN_OPTS=1 in the environment before starting Python.",
+                      stacklevel=3)
     return True
 
 
